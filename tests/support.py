@@ -34,3 +34,11 @@ def require_tool(executable: str, hint: str) -> str:
 def load_emulator(conn) -> None:
     """Installs the pg_trickle emulator into the database `conn` is connected to."""
     conn.execute(EMULATOR_SQL.read_text())
+
+
+# Passwords the test suite gives the demo roles (test servers only; never used in manifests).
+TEST_PASSWORDS = {
+    "DEMO_PASSWORD": "owner-test-pw",
+    "DEMO_WRITER_PASSWORD": "writer-test-pw",
+    "DEMO_READER_PASSWORD": "reader-test-pw",
+}
