@@ -1,0 +1,324 @@
+"""The only module that talks to the `pgtrickle` schema (pg_trickle, or the emulator of its SQL surface).
+
+Columns are always selected by name (pg_trickle 0.108 inserted columns in the middle of several result
+sets), into typed, frozen records. Names, columns and types follow ../shared/reference/pg_trickle-api.md
+(sections 3-5). Functions take an open psycopg connection; they neither commit nor roll back, except the
+lifecycle calls, which run in whatever transaction the caller has open.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+import psycopg
+from psycopg import sql
+from psycopg.rows import class_row
+
+ENGINE_EMULATOR = "emulator"
+ENGINE_EXTENSION = "pg_trickle"
+
+
+# -- records -------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class StreamTable:
+    """One row of pgtrickle.pgt_stream_tables (the columns our services use)."""
+
+    pgt_id: int
+    pgt_schema: str
+    pgt_name: str
+    refresh_mode: str
+    schedule: str | None  # NULL = calculated
+    status: str
+    is_populated: bool
+    consecutive_errors: int
+    data_timestamp: datetime | None
+    last_refresh_at: datetime | None
+    defining_query: str
+
+    @property
+    def qualified_name(self) -> str:
+        return f"{self.pgt_schema}.{self.pgt_name}"
+
+    @property
+    def schedule_label(self) -> str:
+        return self.schedule if self.schedule is not None else "calculated"
+
+
+@dataclass(frozen=True)
+class Status:
+    """pgtrickle.pgt_status(): `name` is schema-qualified."""
+
+    name: str
+    status: str
+    refresh_mode: str
+    is_populated: bool
+    consecutive_errors: int
+    schedule: str | None
+    data_timestamp: datetime | None
+    staleness: timedelta | None
+
+
+@dataclass(frozen=True)
+class RefreshEvent:
+    """A pgtrickle.pgt_refresh_history row joined with its stream table's name."""
+
+    refresh_id: int
+    pgt_id: int
+    pgt_schema: str
+    pgt_name: str
+    data_timestamp: datetime
+    start_time: datetime
+    end_time: datetime | None
+    action: str
+    status: str
+    rows_inserted: int
+    rows_deleted: int
+    initiated_by: str | None
+    was_full_fallback: bool | None
+    error_message: str | None
+
+    @property
+    def duration_seconds(self) -> float | None:
+        return None if self.end_time is None else (self.end_time - self.start_time).total_seconds()
+
+
+@dataclass(frozen=True)
+class Efficiency:
+    """pgtrickle.refresh_efficiency()."""
+
+    pgt_schema: str
+    pgt_name: str
+    refresh_mode: str
+    total_refreshes: int
+    diff_count: int
+    full_count: int
+    avg_diff_ms: float | None
+    avg_full_ms: float | None
+    avg_change_ratio: float | None
+    diff_speedup: str | None
+    last_refresh_at: str | None
+
+
+@dataclass(frozen=True)
+class Recommendation:
+    """pgtrickle.recommend_refresh_mode(): the Refresh Mode Advisor."""
+
+    pgt_schema: str
+    pgt_name: str
+    current_mode: str
+    effective_mode: str | None
+    recommended_mode: str
+    confidence: str
+    reason: str | None
+    signals: dict[str, Any] | None
+
+
+@dataclass(frozen=True)
+class TreeLine:
+    """pgtrickle.dependency_tree(), in the engine's DFS order."""
+
+    tree_line: str
+    node: str
+    node_type: str
+    depth: int
+    status: str | None
+    refresh_mode: str | None
+
+
+@dataclass(frozen=True)
+class HealthCheck:
+    check_name: str
+    severity: str  # OK, WARN, ERROR (pg_trickle also emits WARNING for one check)
+    detail: str | None
+
+
+@dataclass(frozen=True)
+class Dependency:
+    """An edge of the DAG: `source` (schema.table) feeds stream table `pgt_schema.pgt_name`."""
+
+    pgt_id: int
+    pgt_schema: str
+    pgt_name: str
+    source_schema: str
+    source_name: str
+    source_type: str
+
+    @property
+    def source(self) -> str:
+        return f"{self.source_schema}.{self.source_name}"
+
+
+# -- reads ---------------------------------------------------------------------------------------------
+
+
+def _fetch(conn: psycopg.Connection, record: type, query: str, params: tuple | dict = ()):
+    with conn.cursor(row_factory=class_row(record)) as cur:
+        cur.execute(query, params)
+        return cur.fetchall()
+
+
+def version(conn: psycopg.Connection) -> str:
+    return conn.execute("SELECT pgtrickle.version()").fetchone()[0]
+
+
+def engine_of(version_text: str) -> str:
+    """The emulator says so in its version string; anything else is the real extension."""
+    return ENGINE_EMULATOR if ENGINE_EMULATOR in version_text.lower() else ENGINE_EXTENSION
+
+
+def stream_tables(conn: psycopg.Connection) -> list[StreamTable]:
+    return _fetch(
+        conn, StreamTable,
+        """SELECT pgt_id, pgt_schema, pgt_name, refresh_mode, schedule, status, is_populated,
+                  consecutive_errors, data_timestamp, last_refresh_at, defining_query
+             FROM pgtrickle.pgt_stream_tables ORDER BY pgt_id""",
+    )
+
+
+def status(conn: psycopg.Connection) -> list[Status]:
+    return _fetch(
+        conn, Status,
+        """SELECT name, status, refresh_mode, is_populated, consecutive_errors, schedule,
+                  data_timestamp, staleness
+             FROM pgtrickle.pgt_status()""",
+    )
+
+
+_HISTORY = """
+SELECT rh.refresh_id, rh.pgt_id, st.pgt_schema, st.pgt_name, rh.data_timestamp, rh.start_time,
+       rh.end_time, rh.action, rh.status, rh.rows_inserted, rh.rows_deleted, rh.initiated_by,
+       rh.was_full_fallback, rh.error_message
+  FROM pgtrickle.pgt_refresh_history rh
+  JOIN pgtrickle.pgt_stream_tables st ON st.pgt_id = rh.pgt_id
+"""
+
+
+def recent_refreshes(conn: psycopg.Connection, limit: int = 40, *, finished_only: bool = True) -> list[RefreshEvent]:
+    """The newest refreshes, newest first (bounded by `limit`; served by the start_time index)."""
+    where = "WHERE rh.status IN ('COMPLETED', 'FAILED')" if finished_only else ""
+    return _fetch(conn, RefreshEvent, f"{_HISTORY} {where} ORDER BY rh.start_time DESC LIMIT %s", (limit,))
+
+
+def refreshes_after(conn: psycopg.Connection, after_refresh_id: int, limit: int = 5000) -> list[RefreshEvent]:
+    """Finished refreshes with refresh_id > `after_refresh_id`, oldest first: incremental readers
+    (the exporter) keep the last id they saw, so each read costs only what is new."""
+    return _fetch(
+        conn, RefreshEvent,
+        f"{_HISTORY} WHERE rh.refresh_id > %s AND rh.status IN ('COMPLETED', 'FAILED')"
+        " ORDER BY rh.refresh_id LIMIT %s",
+        (after_refresh_id, limit),
+    )
+
+
+def refresh_efficiency(conn: psycopg.Connection) -> list[Efficiency]:
+    return _fetch(
+        conn, Efficiency,
+        """SELECT pgt_schema, pgt_name, refresh_mode, total_refreshes, diff_count, full_count,
+                  avg_diff_ms, avg_full_ms, avg_change_ratio, diff_speedup, last_refresh_at
+             FROM pgtrickle.refresh_efficiency() ORDER BY pgt_schema, pgt_name""",
+    )
+
+
+def recommend_refresh_mode(conn: psycopg.Connection, name: str | None = None) -> list[Recommendation]:
+    return _fetch(
+        conn, Recommendation,
+        """SELECT pgt_schema, pgt_name, current_mode, effective_mode, recommended_mode, confidence,
+                  reason, signals
+             FROM pgtrickle.recommend_refresh_mode(%s) ORDER BY pgt_schema, pgt_name""",
+        (name,),
+    )
+
+
+def dependency_tree(conn: psycopg.Connection) -> list[TreeLine]:
+    # No ORDER BY: the function returns rows in DFS order, which is the tree's reading order.
+    return _fetch(
+        conn, TreeLine,
+        "SELECT tree_line, node, node_type, depth, status, refresh_mode FROM pgtrickle.dependency_tree()",
+    )
+
+
+def health_check(conn: psycopg.Connection) -> list[HealthCheck]:
+    return _fetch(conn, HealthCheck, "SELECT check_name, severity, detail FROM pgtrickle.health_check()")
+
+
+def dependencies(conn: psycopg.Connection) -> list[Dependency]:
+    """The DAG's edges from pgt_dependencies, sources resolved to schema.name through pg_class."""
+    return _fetch(
+        conn, Dependency,
+        """SELECT d.pgt_id, st.pgt_schema, st.pgt_name, n.nspname AS source_schema,
+                  c.relname AS source_name, d.source_type
+             FROM pgtrickle.pgt_dependencies d
+             JOIN pgtrickle.pgt_stream_tables st ON st.pgt_id = d.pgt_id
+             JOIN pg_catalog.pg_class c ON c.oid = d.source_relid
+             JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+            ORDER BY d.pgt_id, n.nspname, c.relname""",
+    )
+
+
+def extension_installed(conn: psycopg.Connection) -> bool:
+    """True when the real pg_trickle extension is created in this database."""
+    row = conn.execute("SELECT 1 FROM pg_catalog.pg_extension WHERE extname = 'pg_trickle'").fetchone()
+    return row is not None
+
+
+def schema_present(conn: psycopg.Connection) -> bool:
+    row = conn.execute("SELECT 1 FROM pg_catalog.pg_namespace WHERE nspname = 'pgtrickle'").fetchone()
+    return row is not None
+
+
+# -- lifecycle (writes) --------------------------------------------------------------------------------
+
+
+def create_stream_table(
+    conn: psycopg.Connection, name: str, query: str, *, schedule: str = "calculated",
+    refresh_mode: str = "AUTO", initialize: bool = True, if_not_exists: bool = False,
+) -> None:
+    function = "create_stream_table_if_not_exists" if if_not_exists else "create_stream_table"
+    conn.execute(
+        sql.SQL(
+            "SELECT pgtrickle.{}(name => %s, query => %s, schedule => %s, refresh_mode => %s, initialize => %s)"
+        ).format(sql.Identifier(function)),
+        (name, query, schedule, refresh_mode, initialize),
+    )
+
+
+def alter_stream_table(
+    conn: psycopg.Connection, name: str, *, query: str | None = None, schedule: str | None = None,
+    refresh_mode: str | None = None, status: str | None = None,
+) -> None:
+    """NULL arguments leave the property unchanged (pg_trickle semantics)."""
+    conn.execute(
+        "SELECT pgtrickle.alter_stream_table(name => %s, query => %s, schedule => %s,"
+        " refresh_mode => %s, status => %s)",
+        (name, query, schedule, refresh_mode, status),
+    )
+
+
+def drop_stream_table(conn: psycopg.Connection, name: str, *, cascade: bool = False) -> None:
+    conn.execute("SELECT pgtrickle.drop_stream_table(name => %s, cascade => %s)", (name, cascade))
+
+
+def refresh_stream_table(conn: psycopg.Connection, name: str) -> None:
+    conn.execute("SELECT pgtrickle.refresh_stream_table(name => %s)", (name,))
+
+
+def resume_stream_table(conn: psycopg.Connection, name: str) -> None:
+    conn.execute("SELECT pgtrickle.resume_stream_table(name => %s)", (name,))
+
+
+# -- emulator only -------------------------------------------------------------------------------------
+
+
+def emulator_tick(conn: psycopg.Connection) -> None:
+    """One scheduler tick of the emulator (the real extension schedules itself)."""
+    conn.execute("SELECT pgtrickle.emulator_tick()")
+
+
+def emulator_run(conn: psycopg.Connection, tick_interval_ms: int = 500, max_ticks: int | None = None) -> None:
+    """Drives the emulator's scheduler from this session until cancelled (needs an autocommit connection,
+    because the procedure commits after every tick)."""
+    conn.execute("CALL pgtrickle.emulator_run(%s, %s)", (tick_interval_ms, max_ticks))
