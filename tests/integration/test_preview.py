@@ -1,0 +1,94 @@
+"""`make preview` end to end: it serves the demo, the DAG refreshes, Ctrl-C leaves nothing running."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import psycopg
+import pytest
+
+from devenv.postgres import free_port
+from tests.support import ROOT
+
+pytestmark = pytest.mark.slow
+
+
+def _postgres_processes_using(path: str) -> list[int]:
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        if "postgres" in cmdline and path in cmdline:
+            pids.append(int(entry.name))
+    return pids
+
+
+def _wait_for(predicate, timeout: float, what: str):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.25)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+
+
+def test_preview_runs_the_demo_and_ctrl_c_stops_everything(tmp_path):
+    pg_port, http_port = free_port(), free_port()
+    env = {**os.environ, "PREVIEW_PG_PORT": str(pg_port), "GENERATOR_HTTP_PORT": str(http_port),
+           "GENERATOR_RATE": "20", "DEMO_PASSWORD": "preview-owner-pw", "LOG_LEVEL": "WARNING"}
+    log_path = tmp_path / "preview.log"
+    with log_path.open("w") as log:
+        preview = subprocess.Popen([sys.executable, "-m", "devenv.preview"], cwd=ROOT, env=env,
+                                   stdout=log, stderr=subprocess.STDOUT)
+    try:
+        banner = _wait_for(lambda: "Ctrl-C stops everything" in log_path.read_text() and log_path.read_text(),
+                           90, "the preview banner")
+        data_dir = re.search(r"\(data in (\S+)\)", banner).group(1)
+        assert f"127.0.0.1:{pg_port}/ecommerce_demo" in banner
+
+        def control():
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{http_port}/control", timeout=2) as response:
+                    return json.load(response)
+            except OSError:
+                return None
+
+        assert _wait_for(control, 30, "the generator control API")["scenario"] == "ecommerce"
+        owner = f"postgresql://demo:preview-owner-pw@127.0.0.1:{pg_port}/ecommerce_demo"
+        with psycopg.connect(owner, autocommit=True) as conn:
+            orders_before = conn.execute("SELECT count(*) FROM orders").fetchone()[0]
+            revenue_before = conn.execute("SELECT sum(revenue) FROM category_revenue").fetchone()[0]
+
+            def dag_moved():
+                orders = conn.execute("SELECT count(*) FROM orders").fetchone()[0]
+                revenue = conn.execute("SELECT sum(revenue) FROM category_revenue").fetchone()[0]
+                return orders > orders_before and revenue != revenue_before
+
+            _wait_for(dag_moved, 30, "new orders to reach category_revenue through the scheduler")
+            health = dict(conn.execute("SELECT check_name, severity FROM pgtrickle.health_check()").fetchall())
+            assert health["scheduler_running"] == "OK"
+    finally:
+        preview.send_signal(signal.SIGINT)
+        try:
+            code = preview.wait(30)
+        except subprocess.TimeoutExpired:
+            preview.kill()
+            raise
+    output = log_path.read_text()
+    assert code == 0, output[-3000:]
+    assert "no PostgreSQL process left running" in output
+    assert _postgres_processes_using(data_dir) == []
+    assert not Path(data_dir).exists()
