@@ -134,17 +134,7 @@ def test_stream_tables_equal_their_defining_queries_after_a_generator_run(demo_d
     scheduler = EmulatorScheduler(db.admin_url, tick_interval_ms=200).start() if db.engine == "emulator" else None
     try:
         with GeneratorProcess(
-            db.writer_url,
-            "--rate",
-            "200",
-            "--burst-interval",
-            "1",
-            "--slow-change-every",
-            "1",
-            "--duration",
-            "10",
-            "--seed",
-            "4",
+            db.writer_url, "--rate 200 --burst-interval 1 --slow-change-every 1 --duration 10 --seed 4"
         ) as gen:
             assert gen.wait(30) == 0, gen.log_text()
             committed = gen.summary()["events_committed"]

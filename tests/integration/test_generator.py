@@ -40,6 +40,7 @@ class GeneratorProcess:
     def __init__(self, database_url: str, *flags: str, env: dict[str, str] | None = None):
         self.port = free_port()
         self.log_file = tempfile.NamedTemporaryFile(prefix="generator-", suffix=".log", delete=False)  # noqa: SIM115
+        flags = tuple(word for flag in flags for word in flag.split())  # "--rate 50 --seed 1" or separate
         self.args = [
             sys.executable,
             "-m",
@@ -199,17 +200,7 @@ def order_count(url: str, run_id: str) -> int:
 def test_rate_of_50_per_second_within_10_percent_over_20_s(demo_db):
     db = demo_db()
     with GeneratorProcess(
-        db.writer_url,
-        "--rate",
-        "50",
-        "--burst-interval",
-        "0",
-        "--slow-change-every",
-        "0",
-        "--duration",
-        "23",
-        "--seed",
-        "1",
+        db.writer_url, "--rate 50 --burst-interval 0 --slow-change-every 0 --duration 23 --seed 1"
     ) as gen:
         assert gen.wait(40) == 0, gen.log_text()
         run_id = gen.summary()["run_id"]
@@ -229,17 +220,7 @@ def test_flash_sales_and_reprices_have_their_shapes_in_the_database(demo_db):
     db = demo_db()
     # Flash sales only (the regular stream is all but off): each sale is one transaction.
     with GeneratorProcess(
-        db.writer_url,
-        "--rate",
-        "0.01",
-        "--burst-interval",
-        "0.5",
-        "--slow-change-every",
-        "0",
-        "--duration",
-        "4",
-        "--seed",
-        "5",
+        db.writer_url, "--rate 0.01 --burst-interval 0.5 --slow-change-every 0 --duration 4 --seed 5"
     ) as gen:
         assert gen.wait(20) == 0, gen.log_text()
         summary = gen.summary()
@@ -266,17 +247,7 @@ def test_flash_sales_and_reprices_have_their_shapes_in_the_database(demo_db):
     with psycopg.connect(db.admin_url) as conn:
         (before,) = conn.execute("SELECT now()").fetchone()
     with GeneratorProcess(
-        db.writer_url,
-        "--rate",
-        "0.01",
-        "--burst-interval",
-        "0",
-        "--slow-change-every",
-        "1",
-        "--duration",
-        "5.5",
-        "--seed",
-        "6",
+        db.writer_url, "--rate 0.01 --burst-interval 0 --slow-change-every 1 --duration 5.5 --seed 6"
     ) as gen:
         assert gen.wait(20) == 0, gen.log_text()
         summary = gen.summary()
@@ -299,7 +270,7 @@ def test_flash_sales_and_reprices_have_their_shapes_in_the_database(demo_db):
 @pytest.mark.slow
 def test_sigterm_stops_within_5_s_and_counts_agree(demo_db):
     db = demo_db()
-    with GeneratorProcess(db.writer_url, "--rate", "3000", "--burst-interval", "1", "--slow-change-every", "0") as gen:
+    with GeneratorProcess(db.writer_url, "--rate 3000 --burst-interval 1 --slow-change-every 0") as gen:
         run_id = gen.wait_ready()["run_id"]
         wait_until(lambda: order_count(db.admin_url, run_id) > 1000, 10, "no rows")
         # Paused, nothing is in flight: /metrics, the ledger and the rows agree exactly.
@@ -321,7 +292,7 @@ def test_sigterm_stops_within_5_s_and_counts_agree(demo_db):
 @pytest.mark.slow
 def test_sigint_also_exits_0(demo_db):
     db = demo_db()
-    with GeneratorProcess(db.writer_url, "--rate", "100") as gen:
+    with GeneratorProcess(db.writer_url, "--rate 100") as gen:
         gen.wait_ready()
         time.sleep(0.5)
         code, elapsed = gen.terminate(signal.SIGINT)
@@ -332,9 +303,7 @@ def test_sigint_also_exits_0(demo_db):
 @pytest.mark.slow
 def test_control_api_over_http(demo_db):
     db = demo_db()
-    with GeneratorProcess(
-        db.writer_url, "--rate", "20", "--burst-interval", "0", "--slow-change-every", "0", "--max-rate", "5000"
-    ) as gen:
+    with GeneratorProcess(db.writer_url, "--rate 20 --burst-interval 0 --slow-change-every 0 --max-rate 5000") as gen:
         run_id = gen.wait_ready()["run_id"]
         assert gen.http("GET", "/healthz")[0] == 200
 
@@ -404,7 +373,7 @@ def test_database_restart_loses_and_duplicates_nothing():
         bootstrap(server.admin_url, get_scenario("ecommerce"), "emulator", passwords, report=lambda line: None)
         admin_url = server.url("ecommerce_demo")
         writer_url = server.url("ecommerce_demo", "demo_writer", passwords.writer)
-        with GeneratorProcess(writer_url, "--rate", "1000", "--burst-interval", "1", "--slow-change-every", "0") as gen:
+        with GeneratorProcess(writer_url, "--rate 1000 --burst-interval 1 --slow-change-every 0") as gen:
             run_id = gen.wait_ready()["run_id"]
             wait_until(lambda: order_count(admin_url, run_id) > 500, 10, "no rows before the restart")
             server.stop()  # fast shutdown: the generator's connection dies, possibly mid-COPY or mid-COMMIT
@@ -431,9 +400,7 @@ def test_database_restart_loses_and_duplicates_nothing():
 def test_killed_connections_lose_and_duplicate_nothing(demo_db):
     """The generator's backend is terminated again and again, at whatever point of a batch it is."""
     db = demo_db()
-    with GeneratorProcess(
-        db.writer_url, "--rate", "5000", "--burst-interval", "0.5", "--slow-change-every", "0"
-    ) as gen:
+    with GeneratorProcess(db.writer_url, "--rate 5000 --burst-interval 0.5 --slow-change-every 0") as gen:
         run_id = gen.wait_ready()["run_id"]
         kills = 0
         with psycopg.connect(db.admin_url, autocommit=True) as admin:
@@ -526,7 +493,7 @@ def test_generator_waits_for_the_bootstrap(pg_server):
     database = f"ecommerce_late_{os.getpid()}_{time.monotonic_ns() % 100000}"
     writer_url = pg_server.url(database, "demo_writer", passwords.writer)
     try:
-        with GeneratorProcess(writer_url, "--rate", "50") as gen:
+        with GeneratorProcess(writer_url, "--rate 50") as gen:
             wait_until(lambda: _answers(gen, "/healthz") == 200, 10, "HTTP server not up")
             assert _answers(gen, "/readyz") == 503
             time.sleep(0.5)
