@@ -3,7 +3,8 @@
   GET  /control          200  the generator's state (JSON)
   POST /control/burst    202  queues a burst for the next tick
   POST /control/rate     200  body {"rate": n}, 0 < n <= GENERATOR_MAX_RATE; 400 with a JSON error otherwise
-  POST /control/pause    200  stops generating (idempotent)
+  POST /control/pause    200  stops generating: regular events, automatic bursts, slow changes (idempotent);
+                              a burst requested while paused is still written
   POST /control/resume   200  resumes (idempotent)
 Errors are JSON objects {"error": ..., "detail": ...}; wrong methods get 405 from the ops app.
 """

@@ -9,8 +9,9 @@ Time
   is one event, as in the upstream generator, and "a slow change about every 30 cycles" stays about every
   30 s at any rate. Slow changes come every GENERATOR_SLOW_CHANGE_EVERY cycles and automatic bursts every
   GENERATOR_BURST_INTERVAL seconds of unpaused time, each interval multiplied by a jitter drawn uniformly
-  from [0.8, 1.2] (seeded). POST /control/burst adds a burst to the next tick. While paused, nothing is
-  generated and neither clock advances.
+  from [0.8, 1.2] (seeded). POST /control/burst adds a burst to the next tick. While paused, neither
+  clock advances and nothing is generated, except bursts requested through POST /control/burst (an
+  explicit request is honoured).
 
 Writes
   Everything due in a tick becomes one batch, built before it is written and kept until it is known to be

@@ -514,6 +514,18 @@ def test_generator_waits_for_the_bootstrap(pg_server):
             conn.execute(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
 
 
+def test_sigterm_while_the_database_is_unreachable_exits_0_promptly():
+    nobody = f"postgresql://demo_writer:x@127.0.0.1:{free_port()}/ecommerce_demo"
+    with GeneratorProcess(nobody, "--rate 10") as gen:
+        wait_until(lambda: _answers(gen, "/healthz") == 200, 10, "HTTP server not up")
+        status, body = gen.http("GET", "/readyz")
+        assert status == 503 and body["ready"] is False
+        time.sleep(1.0)  # inside the reconnect backoff
+        code, elapsed = gen.terminate()
+        assert code == 0 and elapsed < 5, gen.log_text()
+        assert gen.summary()["events_committed_total"] == 0
+
+
 def _answers(gen: GeneratorProcess, path: str) -> int | None:
     try:
         return gen.http("GET", path)[0]

@@ -121,6 +121,15 @@ def test_requested_burst_comes_with_the_next_tick():
     assert engine.status()["bursts_committed"] == 1
 
 
+def test_a_requested_burst_is_written_even_while_paused():
+    engine, clock = make_engine("--rate", "50", "--burst-interval", "1", "--slow-change-every", "1")
+    engine._advance(clock.now)
+    engine.pause()
+    engine.request_burst()
+    (batch,) = simulate(engine, clock, 5.0)
+    assert set(batch.counts) == {"flash_sale_order"} and batch.bursts == 1
+
+
 def test_event_ids_are_consecutive_per_run():
     engine, clock = make_engine("--rate", "30", "--burst-interval", "0.5", "--slow-change-every", "0")
     engine._advance(clock.now)
