@@ -44,6 +44,7 @@ import psycopg
 from psycopg import sql
 
 from services.common.db import Backoff, connect_with_retry, first_line
+from services.common.settings import describe_conninfo
 from services.generator.config import APPLICATION_NAME, GeneratorConfig
 from services.generator.metrics import GeneratorMetrics
 from services.generator.scenarios import InsertTarget, LookupsNotReady, Rows, ScenarioGenerator, UpdateTarget
@@ -58,6 +59,7 @@ MAX_PENDING_BURSTS = 10
 JITTER = (0.8, 1.2)
 STATEMENT_TIMEOUT_MS = 30_000
 PROGRESS_LOG_SECONDS = 30.0
+STALLED_WRITE_SECONDS = 10.0  # a write in flight longer than this makes /readyz fail
 
 LEDGER_UPSERT = """
     INSERT INTO demo_meta.generator_progress (run_id, scenario, last_batch, events_committed)
@@ -127,6 +129,7 @@ class Engine:
         self._conn: psycopg.Connection | None = None
         self._ever_connected = False
         self._writing = False
+        self._write_started = 0.0
         self._loaded = False
         self._needs_load = True
         self._problem: str | None = "starting"
@@ -218,6 +221,8 @@ class Engine:
         with self._lock:
             if self._problem is not None:
                 return False, self._problem
+            if self._writing and self._clock() - self._write_started > STALLED_WRITE_SECONDS:
+                return False, f"a batch has been in flight for more than {STALLED_WRITE_SECONDS:g} s"
             return True, f"writing {self.config.scenario} events; {self._events_total} committed"
 
     @property
@@ -347,6 +352,9 @@ class Engine:
         """The open connection, or a new one (retrying with capped backoff); None once stopped."""
         if self._conn is not None and not self._conn.closed:
             return self._conn
+        with self._lock:
+            if self._problem == "starting":
+                self._problem = f"connecting to {describe_conninfo(self.config.conninfo)}"
         try:
             conn = connect_with_retry(
                 self.config.conninfo,
@@ -469,6 +477,7 @@ class Engine:
         return row is not None and row[0] >= batch.number
 
     def _write(self, conn: psycopg.Connection, batch: Batch) -> None:
+        self._write_started = self._clock()
         self._writing = True
         with conn.cursor() as cur:
             for target, rows in batch.writes:
