@@ -107,7 +107,8 @@ def database_conninfo(
     try:
         params = conninfo_to_dict(url) if url else {}
     except Exception as exc:  # psycopg raises ProgrammingError with a libpq message
-        raise ConfigError(f"DATABASE_URL is not a valid connection string: {exc}") from None
+        detail = " ".join(str(exc).split())  # libpq's message ends with a newline
+        raise ConfigError(f"DATABASE_URL is not a valid connection string: {detail}") from None
     if not url:
         for var, key in _PG_VARS.items():
             value = _raw(var, env)

@@ -7,8 +7,8 @@ import re
 from tests.support import ROOT
 
 README = (ROOT / "README.md").read_text()
-# env_int("NAME", ...), env_str("NAME"), os.environ.get("NAME"), password_var="NAME" ...
-_READERS = re.compile(r"""(?:env_\w+|environ\.get|getenv|_var=|_password)\(?\s*["']([A-Z][A-Z0-9_]+)["']""")
+# env_int("NAME", ...), env_str("NAME"), os.environ.get("NAME"), Option("NAME", "--flag", ...) ...
+_READERS = re.compile(r"""(?:env_\w+|environ\.get|getenv|_var=|_password|Option)\(?\s*["']([A-Z][A-Z0-9_]+)["']""")
 _NOT_CONFIGURATION = {"CI", "PATH", "HOME", "XDG_RUNTIME_DIR"}
 
 
