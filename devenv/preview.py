@@ -71,30 +71,41 @@ def main() -> int:
 
     stop = threading.Event()
     stop_on_signals(stop, log)
-    passwords = RolePasswords(_password("DEMO_PASSWORD"), _password("DEMO_WRITER_PASSWORD"),
-                              _password("DEMO_READER_PASSWORD"))
+    passwords = RolePasswords(
+        _password("DEMO_PASSWORD"), _password("DEMO_WRITER_PASSWORD"), _password("DEMO_READER_PASSWORD")
+    )
     server = LocalPostgres(data_dir, port=pg_port)
     children: list[Child] = []
     scheduler = None
     try:
         server.start()
-        print(f"preview: PostgreSQL 18 listening on {server.host}:{server.port} (data in {server.data_dir})",
-              flush=True)
+        print(
+            f"preview: PostgreSQL 18 listening on {server.host}:{server.port} (data in {server.data_dir})", flush=True
+        )
         bootstrap(server.admin_url, scenario, "emulator", passwords, report=lambda line: print(line, flush=True))
         db = scenario.database
         scheduler = EmulatorScheduler(server.url(db, OWNER, passwords.owner)).start()
-        children.append(_spawn(
-            "generator", "services.generator",
-            {"DATABASE_URL": server.url(db, WRITER, passwords.writer), "DEMO_SCENARIO": scenario.name,
-             "GENERATOR_HTTP_HOST": "127.0.0.1", "GENERATOR_HTTP_PORT": str(generator_port)},
-            f"http://127.0.0.1:{generator_port}/control  (/metrics, /healthz, /readyz)",
-        ))
+        children.append(
+            _spawn(
+                "generator",
+                "services.generator",
+                {
+                    "DATABASE_URL": server.url(db, WRITER, passwords.writer),
+                    "DEMO_SCENARIO": scenario.name,
+                    "GENERATOR_HTTP_HOST": "127.0.0.1",
+                    "GENERATOR_HTTP_PORT": str(generator_port),
+                },
+                f"http://127.0.0.1:{generator_port}/control  (/metrics, /healthz, /readyz)",
+            )
+        )
         _print_summary(server, scenario.name, db, passwords, children)
         while not stop.wait(0.5):
             for child in children:
                 if child.process.poll() is not None:
-                    log.error("a preview process exited; stopping the preview",
-                              extra={"fields": {"process": child.name, "exit_code": child.process.returncode}})
+                    log.error(
+                        "a preview process exited; stopping the preview",
+                        extra={"fields": {"process": child.name, "exit_code": child.process.returncode}},
+                    )
                     stop.set()
         print("preview: stopping...", flush=True)
         return 0 if all(c.process.poll() in (None, 0) for c in children) else 1
@@ -106,8 +117,9 @@ def main() -> int:
         print("preview: stopped (no PostgreSQL process left running)", flush=True)
 
 
-def _print_summary(server: LocalPostgres, scenario: str, db: str, passwords: RolePasswords,
-                   children: list[Child]) -> None:
+def _print_summary(
+    server: LocalPostgres, scenario: str, db: str, passwords: RolePasswords, children: list[Child]
+) -> None:
     psql = server.bin("psql")
     lines = [
         "",

@@ -46,8 +46,13 @@ class EmulatorScheduler:
         backoff = Backoff(initial=0.5, maximum=5.0)
         while not self._stop.is_set():
             try:
-                conn = connect_with_retry(self.conninfo, application_name="pgtrickle-emulator-scheduler",
-                                          autocommit=True, give_up_after=None, stop=self._stop)
+                conn = connect_with_retry(
+                    self.conninfo,
+                    application_name="pgtrickle-emulator-scheduler",
+                    autocommit=True,
+                    give_up_after=None,
+                    stop=self._stop,
+                )
             except psycopg.OperationalError:
                 return  # stopped while the server was away
             with self._lock:
@@ -62,8 +67,10 @@ class EmulatorScheduler:
                 if self._stop.is_set():
                     return
                 delay = backoff.next_delay()
-                log.warning("emulator scheduler interrupted, restarting",
-                            extra={"fields": {"error": first_line(exc), "retry_in_s": round(delay, 2)}})
+                log.warning(
+                    "emulator scheduler interrupted, restarting",
+                    extra={"fields": {"error": first_line(exc), "retry_in_s": round(delay, 2)}},
+                )
                 self._stop.wait(delay)
             finally:
                 with self._lock:

@@ -106,19 +106,33 @@ def demo_db(engine_server) -> Iterator[Callable[..., DemoDatabase]]:
     from services.common.scenarios import get_scenario
 
     admin_url, engine = engine_server
-    passwords = RolePasswords(TEST_PASSWORDS["DEMO_PASSWORD"], TEST_PASSWORDS["DEMO_WRITER_PASSWORD"],
-                              TEST_PASSWORDS["DEMO_READER_PASSWORD"])
+    passwords = RolePasswords(
+        TEST_PASSWORDS["DEMO_PASSWORD"], TEST_PASSWORDS["DEMO_WRITER_PASSWORD"], TEST_PASSWORDS["DEMO_READER_PASSWORD"]
+    )
     created: list[str] = []
 
     def make(scenario: str = "ecommerce") -> DemoDatabase:
         database = f"{scenario}_t{os.getpid()}_{next(_counter)}_{uuid.uuid4().hex[:6]}"
         created.append(database)
-        bootstrap(admin_url, get_scenario(scenario), engine, passwords, database=database,
-                  report=lambda line: None, connect_timeout=10)
+        bootstrap(
+            admin_url,
+            get_scenario(scenario),
+            engine,
+            passwords,
+            database=database,
+            report=lambda line: None,
+            connect_timeout=10,
+        )
         return DemoDatabase(
-            scenario, database, engine,
-            admin_url=_role_url(admin_url, database, conninfo_to_dict(admin_url).get("user", "postgres"),
-                                conninfo_to_dict(admin_url).get("password", "")),
+            scenario,
+            database,
+            engine,
+            admin_url=_role_url(
+                admin_url,
+                database,
+                conninfo_to_dict(admin_url).get("user", "postgres"),
+                conninfo_to_dict(admin_url).get("password", ""),
+            ),
             owner_url=_role_url(admin_url, database, "demo", passwords.owner),
             writer_url=_role_url(admin_url, database, "demo_writer", passwords.writer),
             reader_url=_role_url(admin_url, database, "demo_reader", passwords.reader),

@@ -21,10 +21,14 @@ class _Parser(argparse.ArgumentParser):
 
 def parse_args(argv=None) -> argparse.Namespace:
     parser = _Parser(prog="python -m services.bootstrap", description=__doc__.splitlines()[0])
-    parser.add_argument("--scenario", help=f"one of {', '.join(SCENARIO_NAMES)} "
-                        f"(env DEMO_SCENARIO, default {DEFAULT_SCENARIO})")
-    parser.add_argument("--engine", help="extension (real pg_trickle, the default) or emulator "
-                        "(stock PostgreSQL: tests and preview only) (env DEMO_ENGINE)")
+    parser.add_argument(
+        "--scenario", help=f"one of {', '.join(SCENARIO_NAMES)} (env DEMO_SCENARIO, default {DEFAULT_SCENARIO})"
+    )
+    parser.add_argument(
+        "--engine",
+        help="extension (real pg_trickle, the default) or emulator "
+        "(stock PostgreSQL: tests and preview only) (env DEMO_ENGINE)",
+    )
     parser.add_argument("--database", help="database name (env DEMO_DATABASE, default <scenario>_demo)")
     return parser.parse_args(argv)
 

@@ -71,8 +71,17 @@ def _checksum(text: str) -> str:
 
 
 class Bootstrap:
-    def __init__(self, admin_conninfo: str, scenario: Scenario, engine: str, passwords: RolePasswords,
-                 *, database: str | None = None, report: Report = print, connect_timeout: float = 60.0):
+    def __init__(
+        self,
+        admin_conninfo: str,
+        scenario: Scenario,
+        engine: str,
+        passwords: RolePasswords,
+        *,
+        database: str | None = None,
+        report: Report = print,
+        connect_timeout: float = 60.0,
+    ):
         if engine not in ENGINES:
             raise ConfigError(f"engine {engine!r} is not valid; allowed values: {', '.join(ENGINES)}")
         self.admin_conninfo = admin_conninfo
@@ -116,8 +125,9 @@ class Bootstrap:
 
     def _connect(self, conninfo: str) -> psycopg.Connection:
         try:
-            return connect_with_retry(conninfo, application_name="demo-bootstrap", autocommit=True,
-                                      give_up_after=self.connect_timeout)
+            return connect_with_retry(
+                conninfo, application_name="demo-bootstrap", autocommit=True, give_up_after=self.connect_timeout
+            )
         except psycopg.OperationalError as exc:
             raise FatalError(
                 f"cannot connect to PostgreSQL at {describe_conninfo(conninfo)} after "
@@ -129,13 +139,19 @@ class Bootstrap:
         version_num = int(admin.execute("SHOW server_version_num").fetchone()[0])
         superuser = admin.execute("SELECT rolsuper FROM pg_roles WHERE rolname = current_user").fetchone()[0]
         if version_num < MIN_SERVER_VERSION:
-            raise FatalError(f"PostgreSQL 18 or newer is required (pg_trickle supports 18 only); "
-                             f"this server is {admin.info.server_version}")
+            raise FatalError(
+                f"PostgreSQL 18 or newer is required (pg_trickle supports 18 only); "
+                f"this server is {admin.info.server_version}"
+            )
         if not superuser:
-            raise FatalError("the bootstrap must connect as a superuser (it creates roles, the database and "
-                             "the pg_trickle extension); set DATABASE_URL or PGUSER accordingly")
-        self._say(f"server {describe_conninfo(self.admin_conninfo)}: PostgreSQL "
-                  f"{admin.execute('SHOW server_version').fetchone()[0]}, connected as superuser")
+            raise FatalError(
+                "the bootstrap must connect as a superuser (it creates roles, the database and "
+                "the pg_trickle extension); set DATABASE_URL or PGUSER accordingly"
+            )
+        self._say(
+            f"server {describe_conninfo(self.admin_conninfo)}: PostgreSQL "
+            f"{admin.execute('SHOW server_version').fetchone()[0]}, connected as superuser"
+        )
 
     def _roles(self, admin: psycopg.Connection) -> None:
         me = admin.execute("SELECT current_user").fetchone()[0]
@@ -148,8 +164,11 @@ class Bootstrap:
                 continue
             # Utility statements take no bind parameters: the password is quoted by psycopg as a literal.
             verb = "ALTER" if exists else "CREATE"
-            admin.execute(sql.SQL("{} ROLE {} LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE PASSWORD {}").format(
-                sql.SQL(verb), sql.Identifier(role), password))
+            admin.execute(
+                sql.SQL("{} ROLE {} LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE PASSWORD {}").format(
+                    sql.SQL(verb), sql.Identifier(role), password
+                )
+            )
             outcome.append(f"{role} {'updated' if exists else 'created'}")
         self._say("roles: " + ", ".join(outcome))
 
@@ -157,12 +176,16 @@ class Bootstrap:
         exists = admin.execute("SELECT 1 FROM pg_database WHERE datname = %s", (self.database,)).fetchone()
         db = sql.Identifier(self.database)
         if not exists:
-            admin.execute(sql.SQL("CREATE DATABASE {} OWNER {} ENCODING 'UTF8' TEMPLATE template0").format(
-                db, sql.Identifier(OWNER)))
+            admin.execute(
+                sql.SQL("CREATE DATABASE {} OWNER {} ENCODING 'UTF8' TEMPLATE template0").format(
+                    db, sql.Identifier(OWNER)
+                )
+            )
         # Only the three demo roles may connect (and superusers, who always can).
         admin.execute(sql.SQL("REVOKE ALL ON DATABASE {} FROM PUBLIC").format(db))
-        admin.execute(sql.SQL("GRANT CONNECT ON DATABASE {} TO {}, {}").format(
-            db, sql.Identifier(WRITER), sql.Identifier(READER)))
+        admin.execute(
+            sql.SQL("GRANT CONNECT ON DATABASE {} TO {}, {}").format(db, sql.Identifier(WRITER), sql.Identifier(READER))
+        )
         self._say(f"database {self.database}: {'exists' if exists else 'created'} (owner {OWNER})")
 
     # -- engine ----------------------------------------------------------------------------------------
@@ -171,15 +194,19 @@ class Bootstrap:
         has_schema = pgtrickle.schema_present(db)
         if self.engine == "extension":
             if has_schema and not has_extension:
-                raise FatalError(f"database {self.database} holds the pg_trickle emulator; it cannot also take "
-                                 "the real extension (drop the database or use --engine emulator)")
+                raise FatalError(
+                    f"database {self.database} holds the pg_trickle emulator; it cannot also take "
+                    "the real extension (drop the database or use --engine emulator)"
+                )
             self._require_extension(db)
             db.execute("CREATE EXTENSION IF NOT EXISTS pg_trickle")
             self._say(f"engine: pg_trickle extension {pgtrickle.version(db)}")
             return
         if has_extension:
-            raise FatalError(f"database {self.database} has the real pg_trickle extension; "
-                             "use --engine extension (the emulator is for servers without it)")
+            raise FatalError(
+                f"database {self.database} has the real pg_trickle extension; "
+                "use --engine extension (the emulator is for servers without it)"
+            )
         emulator = sql_root() / "emulator" / "pgtrickle_emulator.sql"
         if has_schema:
             detail = "already installed"
@@ -197,8 +224,10 @@ class Bootstrap:
     def _require_extension(self, db: psycopg.Connection) -> None:
         available = db.execute("SELECT 1 FROM pg_available_extensions WHERE name = 'pg_trickle'").fetchone()
         preload = db.execute("SELECT current_setting('shared_preload_libraries')").fetchone()[0]
-        image_hint = (f"run PostgreSQL 18 from the {PG_TRICKLE_IMAGE} image (it preloads the library), "
-                      "or use --engine emulator for a preview without the extension")
+        image_hint = (
+            f"run PostgreSQL 18 from the {PG_TRICKLE_IMAGE} image (it preloads the library), "
+            "or use --engine emulator for a preview without the extension"
+        )
         if not available:
             raise FatalError(f"the pg_trickle extension is not installed on this server; {image_hint}")
         if "pg_trickle" not in [lib.strip() for lib in preload.split(",")]:
@@ -269,8 +298,10 @@ class Bootstrap:
             if st is None:
                 problems.append(f"{spec.name} missing")
             elif (st.refresh_mode, st.schedule_label) != (spec.refresh_mode, spec.schedule):
-                problems.append(f"{spec.name} is {st.refresh_mode}/{st.schedule_label}, "
-                                f"expected {spec.refresh_mode}/{spec.schedule}")
+                problems.append(
+                    f"{spec.name} is {st.refresh_mode}/{st.schedule_label}, "
+                    f"expected {spec.refresh_mode}/{spec.schedule}"
+                )
         if problems:
             raise FatalError("stream tables do not match scenario.toml: " + "; ".join(problems))
         created = [name for name in self.scenario.stream_table_names if name not in before]
@@ -296,8 +327,9 @@ class Bootstrap:
         with db.transaction():
             db.execute(sql.SQL("SET LOCAL ROLE {}").format(owner))
             db.execute(sql.SQL("GRANT USAGE ON SCHEMA public TO {}, {}").format(writer, reader))
-            db.execute(sql.SQL("GRANT SELECT, INSERT, UPDATE ON {} TO {}").format(
-                sql.SQL(", ").join(base_tables), writer))
+            db.execute(
+                sql.SQL("GRANT SELECT, INSERT, UPDATE ON {} TO {}").format(sql.SQL(", ").join(base_tables), writer)
+            )
             for schema, sequence in sequences:
                 db.execute(sql.SQL("GRANT USAGE ON SEQUENCE {} TO {}").format(sql.Identifier(schema, sequence), writer))
             db.execute(sql.SQL("GRANT USAGE ON SCHEMA demo_meta TO {}").format(writer))
@@ -313,17 +345,29 @@ class Bootstrap:
                 db.execute(sql.SQL("GRANT EXECUTE ON FUNCTION {} TO {}").format(sql.SQL(function), reader))
         if db.execute("SELECT 1 FROM pg_roles WHERE rolname = 'pgtrickle_reader'").fetchone():
             db.execute(sql.SQL("GRANT pgtrickle_reader TO {}").format(reader))
-        self._say(f"grants: {WRITER} writes {len(base_tables)} base tables; "
-                  f"{READER} reads {len(stream_tables)} stream tables and the pgtrickle catalog")
+        self._say(
+            f"grants: {WRITER} writes {len(base_tables)} base tables; "
+            f"{READER} reads {len(stream_tables)} stream tables and the pgtrickle catalog"
+        )
 
     def _summary(self, db: psycopg.Connection) -> None:
         engine = pgtrickle.engine_of(pgtrickle.version(db))
         count = len(pgtrickle.stream_tables(db))
-        self._say(f"ready: scenario {self.scenario.name} in database {self.database} "
-                  f"({count} stream tables, engine {engine})")
+        self._say(
+            f"ready: scenario {self.scenario.name} in database {self.database} ({count} stream tables, engine {engine})"
+        )
 
 
-def bootstrap(admin_conninfo: str, scenario: Scenario, engine: str, passwords: RolePasswords,
-              *, database: str | None = None, report: Report = print, connect_timeout: float = 60.0) -> None:
-    Bootstrap(admin_conninfo, scenario, engine, passwords, database=database, report=report,
-              connect_timeout=connect_timeout).run()
+def bootstrap(
+    admin_conninfo: str,
+    scenario: Scenario,
+    engine: str,
+    passwords: RolePasswords,
+    *,
+    database: str | None = None,
+    report: Report = print,
+    connect_timeout: float = 60.0,
+) -> None:
+    Bootstrap(
+        admin_conninfo, scenario, engine, passwords, database=database, report=report, connect_timeout=connect_timeout
+    ).run()

@@ -79,8 +79,14 @@ def connect_with_retry(
                 raise
             log.warning(
                 "database not reachable, retrying",
-                extra={"fields": {"target": describe_conninfo(conninfo), "retry_in_s": round(delay, 2),
-                                  "attempt": backoff.attempts, "error": first_line(exc)}},
+                extra={
+                    "fields": {
+                        "target": describe_conninfo(conninfo),
+                        "retry_in_s": round(delay, 2),
+                        "attempt": backoff.attempts,
+                        "error": first_line(exc),
+                    }
+                },
             )
             if stop is not None:
                 if stop.wait(delay):

@@ -172,7 +172,8 @@ def engine_of(version_text: str) -> str:
 
 def stream_tables(conn: psycopg.Connection) -> list[StreamTable]:
     return _fetch(
-        conn, StreamTable,
+        conn,
+        StreamTable,
         """SELECT pgt_id, pgt_schema, pgt_name, refresh_mode, schedule, status, is_populated,
                   consecutive_errors, data_timestamp, last_refresh_at, defining_query
              FROM pgtrickle.pgt_stream_tables ORDER BY pgt_id""",
@@ -181,7 +182,8 @@ def stream_tables(conn: psycopg.Connection) -> list[StreamTable]:
 
 def status(conn: psycopg.Connection) -> list[Status]:
     return _fetch(
-        conn, Status,
+        conn,
+        Status,
         """SELECT name, status, refresh_mode, is_populated, consecutive_errors, schedule,
                   data_timestamp, staleness
              FROM pgtrickle.pgt_status()""",
@@ -207,16 +209,17 @@ def refreshes_after(conn: psycopg.Connection, after_refresh_id: int, limit: int 
     """Finished refreshes with refresh_id > `after_refresh_id`, oldest first: incremental readers
     (the exporter) keep the last id they saw, so each read costs only what is new."""
     return _fetch(
-        conn, RefreshEvent,
-        f"{_HISTORY} WHERE rh.refresh_id > %s AND rh.status IN ('COMPLETED', 'FAILED')"
-        " ORDER BY rh.refresh_id LIMIT %s",
+        conn,
+        RefreshEvent,
+        f"{_HISTORY} WHERE rh.refresh_id > %s AND rh.status IN ('COMPLETED', 'FAILED') ORDER BY rh.refresh_id LIMIT %s",
         (after_refresh_id, limit),
     )
 
 
 def refresh_efficiency(conn: psycopg.Connection) -> list[Efficiency]:
     return _fetch(
-        conn, Efficiency,
+        conn,
+        Efficiency,
         """SELECT pgt_schema, pgt_name, refresh_mode, total_refreshes, diff_count, full_count,
                   avg_diff_ms, avg_full_ms, avg_change_ratio, diff_speedup, last_refresh_at
              FROM pgtrickle.refresh_efficiency() ORDER BY pgt_schema, pgt_name""",
@@ -225,7 +228,8 @@ def refresh_efficiency(conn: psycopg.Connection) -> list[Efficiency]:
 
 def recommend_refresh_mode(conn: psycopg.Connection, name: str | None = None) -> list[Recommendation]:
     return _fetch(
-        conn, Recommendation,
+        conn,
+        Recommendation,
         """SELECT pgt_schema, pgt_name, current_mode, effective_mode, recommended_mode, confidence,
                   reason, signals
              FROM pgtrickle.recommend_refresh_mode(%s) ORDER BY pgt_schema, pgt_name""",
@@ -236,7 +240,8 @@ def recommend_refresh_mode(conn: psycopg.Connection, name: str | None = None) ->
 def dependency_tree(conn: psycopg.Connection) -> list[TreeLine]:
     # No ORDER BY: the function returns rows in DFS order, which is the tree's reading order.
     return _fetch(
-        conn, TreeLine,
+        conn,
+        TreeLine,
         "SELECT tree_line, node, node_type, depth, status, refresh_mode FROM pgtrickle.dependency_tree()",
     )
 
@@ -248,7 +253,8 @@ def health_check(conn: psycopg.Connection) -> list[HealthCheck]:
 def dependencies(conn: psycopg.Connection) -> list[Dependency]:
     """The DAG's edges from pgt_dependencies, sources resolved to schema.name through pg_class."""
     return _fetch(
-        conn, Dependency,
+        conn,
+        Dependency,
         """SELECT d.pgt_id, st.pgt_schema, st.pgt_name, n.nspname AS source_schema,
                   c.relname AS source_name, d.source_type
              FROM pgtrickle.pgt_dependencies d
@@ -274,8 +280,14 @@ def schema_present(conn: psycopg.Connection) -> bool:
 
 
 def create_stream_table(
-    conn: psycopg.Connection, name: str, query: str, *, schedule: str = "calculated",
-    refresh_mode: str = "AUTO", initialize: bool = True, if_not_exists: bool = False,
+    conn: psycopg.Connection,
+    name: str,
+    query: str,
+    *,
+    schedule: str = "calculated",
+    refresh_mode: str = "AUTO",
+    initialize: bool = True,
+    if_not_exists: bool = False,
 ) -> None:
     function = "create_stream_table_if_not_exists" if if_not_exists else "create_stream_table"
     conn.execute(
@@ -287,8 +299,13 @@ def create_stream_table(
 
 
 def alter_stream_table(
-    conn: psycopg.Connection, name: str, *, query: str | None = None, schedule: str | None = None,
-    refresh_mode: str | None = None, status: str | None = None,
+    conn: psycopg.Connection,
+    name: str,
+    *,
+    query: str | None = None,
+    schedule: str | None = None,
+    refresh_mode: str | None = None,
+    status: str | None = None,
 ) -> None:
     """NULL arguments leave the property unchanged (pg_trickle semantics)."""
     conn.execute(

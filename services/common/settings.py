@@ -87,13 +87,21 @@ def parse_number(name: str, value: str, kind=float, *, minimum=None, maximum=Non
 # -- database ------------------------------------------------------------------------------------------
 
 _PG_VARS = {
-    "PGHOST": "host", "PGPORT": "port", "PGUSER": "user", "PGPASSWORD": "password",
-    "PGDATABASE": "dbname", "PGSSLMODE": "sslmode", "PGCONNECT_TIMEOUT": "connect_timeout",
+    "PGHOST": "host",
+    "PGPORT": "port",
+    "PGUSER": "user",
+    "PGPASSWORD": "password",
+    "PGDATABASE": "dbname",
+    "PGSSLMODE": "sslmode",
+    "PGCONNECT_TIMEOUT": "connect_timeout",
 }
 
 
 def database_conninfo(
-    *, dbname: str | None = None, user_var: str | None = None, password_var: str | None = None,
+    *,
+    dbname: str | None = None,
+    user_var: str | None = None,
+    password_var: str | None = None,
     env: Mapping[str, str] | None = None,
 ) -> str:
     """The connection string a service uses, following libpq conventions.

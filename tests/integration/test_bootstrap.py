@@ -39,8 +39,12 @@ def _drop_database(admin_url: str, name: str) -> None:
 
 def _run_cli(*args: str, env: dict[str, str] | None = None, timeout: float = 60) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, "-m", "services.bootstrap", *args], cwd=ROOT, capture_output=True, text=True,
-        timeout=timeout, env={**os.environ, **TEST_PASSWORDS, **(env or {})},
+        [sys.executable, "-m", "services.bootstrap", *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**os.environ, **TEST_PASSWORDS, **(env or {})},
     )
 
 
@@ -54,8 +58,10 @@ def test_bootstrap_creates_scenario_as_declared(demo_db):
             st = tables[declared.name]
             assert (st.refresh_mode, st.schedule_label) == (declared.refresh_mode, declared.schedule)
             assert st.is_populated, f"{declared.name} should be populated right after bootstrap"
-            owner = conn.execute("SELECT tableowner FROM pg_tables WHERE schemaname = %s AND tablename = %s",
-                                 (st.pgt_schema, st.pgt_name)).fetchone()[0]
+            owner = conn.execute(
+                "SELECT tableowner FROM pg_tables WHERE schemaname = %s AND tablename = %s",
+                (st.pgt_schema, st.pgt_name),
+            ).fetchone()[0]
             assert owner == "demo"
         for table in spec.base_tables:
             assert _count(conn, "public", table) > 0, f"{table} has no seed rows"
@@ -65,8 +71,9 @@ def test_second_bootstrap_changes_nothing(demo_db, engine_server, capsys):
     db = demo_db("ecommerce")
     before = _counts(db.owner_url, "ecommerce")
     lines: list[str] = []
-    bootstrap(engine_server[0], get_scenario("ecommerce"), db.engine, PASSWORDS, database=db.database,
-              report=lines.append)
+    bootstrap(
+        engine_server[0], get_scenario("ecommerce"), db.engine, PASSWORDS, database=db.database, report=lines.append
+    )
     assert _counts(db.owner_url, "ecommerce") == before  # same rows, same pgt_ids (nothing recreated)
     joined = "\n".join(lines)
     assert "schema.sql: already applied" in joined and "seed.sql: already applied" in joined
@@ -83,8 +90,9 @@ def test_another_database_on_the_same_server_leaves_the_first_intact(demo_db):
     assert second.database != first.database
     assert _counts(first.owner_url, "ecommerce") == before
     with psycopg.connect(second.owner_url) as conn:
-        assert conn.execute("SELECT count(*) FROM categories WHERE name = 'Only in the first database'"
-                            ).fetchone()[0] == 0
+        assert (
+            conn.execute("SELECT count(*) FROM categories WHERE name = 'Only in the first database'").fetchone()[0] == 0
+        )
 
 
 def test_reader_reads_stream_tables_and_catalog_only(demo_db):
@@ -93,11 +101,13 @@ def test_reader_reads_stream_tables_and_catalog_only(demo_db):
         assert conn.execute("SELECT count(*) FROM category_revenue").fetchone()[0] > 0
         assert len(pgtrickle.status(conn)) == 6
         assert len(pgtrickle.recent_refreshes(conn, 5)) > 0
-        for statement in ("SELECT count(*) FROM orders",
-                          "INSERT INTO categories (name) VALUES ('x')",
-                          "DELETE FROM category_revenue",
-                          "INSERT INTO pgtrickle.pgt_refresh_history (pgt_id) VALUES (1)",
-                          "SELECT * FROM demo_meta.generator_progress"):
+        for statement in (
+            "SELECT count(*) FROM orders",
+            "INSERT INTO categories (name) VALUES ('x')",
+            "DELETE FROM category_revenue",
+            "INSERT INTO pgtrickle.pgt_refresh_history (pgt_id) VALUES (1)",
+            "SELECT * FROM demo_meta.generator_progress",
+        ):
             with pytest.raises(psycopg.errors.InsufficientPrivilege):
                 conn.execute(statement)
 
@@ -107,13 +117,17 @@ def test_writer_writes_base_tables_only(demo_db):
     with psycopg.connect(db.writer_url, autocommit=True) as conn:
         conn.execute("INSERT INTO categories (name) VALUES ('Writer test category')")
         conn.execute("UPDATE categories SET name = name WHERE name = 'Writer test category'")
-        conn.execute("INSERT INTO demo_meta.generator_progress (run_id, scenario, last_batch, events_committed)"
-                     " VALUES (gen_random_uuid(), 'ecommerce', 1, 1)")
-        for statement in ("DELETE FROM categories WHERE name = 'Writer test category'",
-                          "SELECT count(*) FROM category_revenue",
-                          "SELECT * FROM pgtrickle.pgt_stream_tables",
-                          "CREATE TABLE public.intruder (x int)",
-                          "TRUNCATE orders"):
+        conn.execute(
+            "INSERT INTO demo_meta.generator_progress (run_id, scenario, last_batch, events_committed)"
+            " VALUES (gen_random_uuid(), 'ecommerce', 1, 1)"
+        )
+        for statement in (
+            "DELETE FROM categories WHERE name = 'Writer test category'",
+            "SELECT count(*) FROM category_revenue",
+            "SELECT * FROM pgtrickle.pgt_stream_tables",
+            "CREATE TABLE public.intruder (x int)",
+            "TRUNCATE orders",
+        ):
             with pytest.raises(psycopg.errors.InsufficientPrivilege):
                 conn.execute(statement)
 
@@ -121,9 +135,13 @@ def test_writer_writes_base_tables_only(demo_db):
 def test_owner_can_manage_stream_tables(demo_db):
     db = demo_db("ecommerce")
     with psycopg.connect(db.owner_url, autocommit=True) as conn:
-        pgtrickle.create_stream_table(conn, "orders_per_customer",
-                                      "SELECT customer_id, count(*) AS n FROM orders GROUP BY customer_id",
-                                      schedule="5s", refresh_mode="DIFFERENTIAL")
+        pgtrickle.create_stream_table(
+            conn,
+            "orders_per_customer",
+            "SELECT customer_id, count(*) AS n FROM orders GROUP BY customer_id",
+            schedule="5s",
+            refresh_mode="DIFFERENTIAL",
+        )
         assert "orders_per_customer" in {st.pgt_name for st in pgtrickle.stream_tables(conn)}
         pgtrickle.drop_stream_table(conn, "orders_per_customer")
         assert "orders_per_customer" not in {st.pgt_name for st in pgtrickle.stream_tables(conn)}
@@ -131,13 +149,21 @@ def test_owner_can_manage_stream_tables(demo_db):
 
 # -- command line and failures ---------------------------------------------------------------------------
 
+
 def test_cli_bootstraps_and_prints_one_line_per_step(pg_server, engine_server):
     if engine_server[1] != "emulator":
         pytest.skip("CLI run uses the local server with the emulator; the extension path is covered above")
     database = f"ecommerce_cli_{os.getpid()}"
     try:
-        result = _run_cli("--scenario", "ecommerce", "--engine", "emulator", "--database", database,
-                          env={"DATABASE_URL": pg_server.admin_url})
+        result = _run_cli(
+            "--scenario",
+            "ecommerce",
+            "--engine",
+            "emulator",
+            "--database",
+            database,
+            env={"DATABASE_URL": pg_server.admin_url},
+        )
         assert result.returncode == 0, result.stderr
         lines = result.stdout.strip().splitlines()
         assert all(line.startswith("bootstrap [") for line in lines)
@@ -156,9 +182,14 @@ def test_unknown_scenario_exits_2_with_message():
 def test_bad_engine_and_missing_passwords_exit_2(pg_server):
     bad_engine = _run_cli("--engine", "magic", env={"DATABASE_URL": pg_server.admin_url})
     assert bad_engine.returncode == 2 and "extension, emulator" in bad_engine.stderr
-    no_pw = subprocess.run([sys.executable, "-m", "services.bootstrap", "--engine", "emulator"], cwd=ROOT,
-                           capture_output=True, text=True, timeout=30,
-                           env={k: v for k, v in os.environ.items() if not k.startswith("DEMO_")})
+    no_pw = subprocess.run(
+        [sys.executable, "-m", "services.bootstrap", "--engine", "emulator"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=30,
+        env={k: v for k, v in os.environ.items() if not k.startswith("DEMO_")},
+    )
     assert no_pw.returncode == 2 and "DEMO_PASSWORD" in no_pw.stderr and "Traceback" not in no_pw.stderr
 
 
@@ -166,9 +197,11 @@ def test_unreachable_server_exits_1_naming_the_target():
     from devenv.postgres import free_port
 
     port = free_port()
-    result = _run_cli("--engine", "emulator",
-                      env={"DATABASE_URL": f"postgresql://postgres@127.0.0.1:{port}/postgres",
-                           "BOOTSTRAP_CONNECT_TIMEOUT": "1"})
+    result = _run_cli(
+        "--engine",
+        "emulator",
+        env={"DATABASE_URL": f"postgresql://postgres@127.0.0.1:{port}/postgres", "BOOTSTRAP_CONNECT_TIMEOUT": "1"},
+    )
     assert result.returncode == 1
     assert f"127.0.0.1:{port}" in result.stderr and "cannot connect" in result.stderr
     assert "Traceback" not in result.stderr
@@ -180,8 +213,14 @@ def test_extension_engine_without_pg_trickle_names_the_image(pg_server, engine_s
     database = f"ecommerce_noext_{os.getpid()}"
     try:
         with pytest.raises(FatalError) as failure:
-            bootstrap(pg_server.admin_url, get_scenario("ecommerce"), "extension", PASSWORDS,
-                      database=database, report=lambda line: None)
+            bootstrap(
+                pg_server.admin_url,
+                get_scenario("ecommerce"),
+                "extension",
+                PASSWORDS,
+                database=database,
+                report=lambda line: None,
+            )
         message = str(failure.value)
         assert "pg_trickle extension is not installed" in message
         assert "ghcr.io/trickle-labs/pg_trickle" in message and "--engine emulator" in message
@@ -194,5 +233,11 @@ def test_extension_engine_refuses_a_database_holding_the_emulator(demo_db, engin
         pytest.skip("needs the emulator")
     db = demo_db("ecommerce")
     with pytest.raises(FatalError, match="holds the pg_trickle emulator"):
-        bootstrap(engine_server[0], get_scenario("ecommerce"), "extension", PASSWORDS, database=db.database,
-                  report=lambda line: None)
+        bootstrap(
+            engine_server[0],
+            get_scenario("ecommerce"),
+            "extension",
+            PASSWORDS,
+            database=db.database,
+            report=lambda line: None,
+        )

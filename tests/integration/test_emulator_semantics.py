@@ -24,8 +24,11 @@ def db(emulator_db):
 
 def make_due(conn, name: str | None = None) -> None:
     """Moves last_refresh_at back so duration schedules are due now (instead of sleeping)."""
-    conn.execute("UPDATE pgtrickle.pgt_stream_tables SET last_refresh_at = last_refresh_at - interval '1 hour'"
-                 " WHERE %s::text IS NULL OR pgt_name = %s", (name, name))
+    conn.execute(
+        "UPDATE pgtrickle.pgt_stream_tables SET last_refresh_at = last_refresh_at - interval '1 hour'"
+        " WHERE %s::text IS NULL OR pgt_name = %s",
+        (name, name),
+    )
 
 
 def history(conn, name: str) -> list[tuple]:
@@ -33,16 +36,24 @@ def history(conn, name: str) -> list[tuple]:
         """SELECT h.action, h.status, h.rows_inserted, h.rows_deleted, h.initiated_by, h.start_time, h.end_time,
                   h.error_message
              FROM pgtrickle.pgt_refresh_history h JOIN pgtrickle.pgt_stream_tables st USING (pgt_id)
-            WHERE st.pgt_name = %s ORDER BY h.refresh_id""", (name,)).fetchall()
+            WHERE st.pgt_name = %s ORDER BY h.refresh_id""",
+        (name,),
+    ).fetchall()
 
 
 def assert_matches_query(conn, name: str) -> None:
     """The stored rows equal the defining query as multisets, both ways."""
-    query = conn.execute("SELECT defining_query FROM pgtrickle.pgt_stream_tables WHERE pgt_name = %s",
-                         (name,)).fetchone()[0]
-    cols = [r[0] for r in conn.execute(
-        "SELECT attname FROM pg_attribute WHERE attrelid = %s::regclass AND attnum > 0"
-        " AND NOT attisdropped AND attname <> '__pgt_row_id' ORDER BY attnum", (name,)).fetchall()]
+    query = conn.execute(
+        "SELECT defining_query FROM pgtrickle.pgt_stream_tables WHERE pgt_name = %s", (name,)
+    ).fetchone()[0]
+    cols = [
+        r[0]
+        for r in conn.execute(
+            "SELECT attname FROM pg_attribute WHERE attrelid = %s::regclass AND attnum > 0"
+            " AND NOT attisdropped AND attname <> '__pgt_row_id' ORDER BY attnum",
+            (name,),
+        ).fetchall()
+    ]
     stored = sql.SQL("SELECT {} FROM {}").format(sql.SQL(", ").join(map(sql.Identifier, cols)), sql.Identifier(name))
     defining = sql.SQL(query)  # the catalog's own text, run as the engine runs it
     for left, right in ((stored, defining), (defining, stored)):
@@ -52,9 +63,13 @@ def assert_matches_query(conn, name: str) -> None:
 
 
 def columns_of(conn, relation: str) -> dict[str, str]:
-    return dict(conn.execute(
-        "SELECT attname, format_type(atttypid, atttypmod) FROM pg_attribute WHERE attrelid = %s::regclass"
-        " AND attnum > 0 AND NOT attisdropped", (relation,)).fetchall())
+    return dict(
+        conn.execute(
+            "SELECT attname, format_type(atttypid, atttypmod) FROM pg_attribute WHERE attrelid = %s::regclass"
+            " AND attnum > 0 AND NOT attisdropped",
+            (relation,),
+        ).fetchall()
+    )
 
 
 def result_columns(conn, function_call: str) -> list[tuple[str, str]]:
@@ -63,32 +78,65 @@ def result_columns(conn, function_call: str) -> list[tuple[str, str]]:
 
 
 def check_values(conn, table: str, column: str) -> str:
-    return " ".join(r[0] for r in conn.execute(
-        "SELECT pg_get_constraintdef(oid) FROM pg_constraint WHERE conrelid = %s::regclass AND contype = 'c'"
-        " AND pg_get_constraintdef(oid) LIKE %s", (table, f"%({column} %")).fetchall())
+    return " ".join(
+        r[0]
+        for r in conn.execute(
+            "SELECT pg_get_constraintdef(oid) FROM pg_constraint WHERE conrelid = %s::regclass AND contype = 'c'"
+            " AND pg_get_constraintdef(oid) LIKE %s",
+            (table, f"%({column} %"),
+        ).fetchall()
+    )
 
 
 # -- catalog shape ---------------------------------------------------------------------------------------
 
 REFERENCE_CATALOG = {
     "pgtrickle.pgt_stream_tables": {
-        "pgt_id": "bigint", "pgt_relid": "oid", "pgt_name": "text", "pgt_schema": "text", "defining_query": "text",
-        "original_query": "text", "schedule": "text", "refresh_mode": "text", "status": "text",
-        "is_populated": "boolean", "data_timestamp": "timestamp with time zone", "frontier": "jsonb",
-        "last_refresh_at": "timestamp with time zone", "consecutive_errors": "integer", "needs_reinit": "boolean",
-        "scc_id": "integer", "refresh_tier": "text", "effective_refresh_mode": "text",
-        "last_error_message": "text", "last_error_at": "timestamp with time zone",
-        "created_at": "timestamp with time zone", "updated_at": "timestamp with time zone",
+        "pgt_id": "bigint",
+        "pgt_relid": "oid",
+        "pgt_name": "text",
+        "pgt_schema": "text",
+        "defining_query": "text",
+        "original_query": "text",
+        "schedule": "text",
+        "refresh_mode": "text",
+        "status": "text",
+        "is_populated": "boolean",
+        "data_timestamp": "timestamp with time zone",
+        "frontier": "jsonb",
+        "last_refresh_at": "timestamp with time zone",
+        "consecutive_errors": "integer",
+        "needs_reinit": "boolean",
+        "scc_id": "integer",
+        "refresh_tier": "text",
+        "effective_refresh_mode": "text",
+        "last_error_message": "text",
+        "last_error_at": "timestamp with time zone",
+        "created_at": "timestamp with time zone",
+        "updated_at": "timestamp with time zone",
     },
     "pgtrickle.pgt_refresh_history": {
-        "refresh_id": "bigint", "pgt_id": "bigint", "data_timestamp": "timestamp with time zone",
-        "start_time": "timestamp with time zone", "end_time": "timestamp with time zone", "action": "text",
-        "rows_inserted": "bigint", "rows_deleted": "bigint", "delta_row_count": "bigint",
-        "was_full_fallback": "boolean", "error_message": "text", "status": "text", "initiated_by": "text",
+        "refresh_id": "bigint",
+        "pgt_id": "bigint",
+        "data_timestamp": "timestamp with time zone",
+        "start_time": "timestamp with time zone",
+        "end_time": "timestamp with time zone",
+        "action": "text",
+        "rows_inserted": "bigint",
+        "rows_deleted": "bigint",
+        "delta_row_count": "bigint",
+        "was_full_fallback": "boolean",
+        "error_message": "text",
+        "status": "text",
+        "initiated_by": "text",
     },
     "pgtrickle.pgt_dependencies": {
-        "pgt_id": "bigint", "source_relid": "oid", "source_type": "text", "columns_used": "text[]",
-        "cdc_mode": "text", "source_stable_name": "text",
+        "pgt_id": "bigint",
+        "source_relid": "oid",
+        "source_type": "text",
+        "columns_used": "text[]",
+        "cdc_mode": "text",
+        "source_stable_name": "text",
     },
 }
 
@@ -103,24 +151,72 @@ REFERENCE_CHECKS = [
 
 # name: (call, [(column, PostgreSQL type name)]) in the reference's order.
 REFERENCE_FUNCTIONS = {
-    "pgt_status": ("pgtrickle.pgt_status()", [
-        ("name", "text"), ("status", "text"), ("refresh_mode", "text"), ("is_populated", "bool"),
-        ("consecutive_errors", "int4"), ("schedule", "text"), ("data_timestamp", "timestamptz"),
-        ("staleness", "interval"), ("scc_id", "int4")]),
+    "pgt_status": (
+        "pgtrickle.pgt_status()",
+        [
+            ("name", "text"),
+            ("status", "text"),
+            ("refresh_mode", "text"),
+            ("is_populated", "bool"),
+            ("consecutive_errors", "int4"),
+            ("schedule", "text"),
+            ("data_timestamp", "timestamptz"),
+            ("staleness", "interval"),
+            ("scc_id", "int4"),
+        ],
+    ),
     "health_check": ("pgtrickle.health_check()", [("check_name", "text"), ("severity", "text"), ("detail", "text")]),
-    "refresh_efficiency": ("pgtrickle.refresh_efficiency()", [
-        ("pgt_schema", "text"), ("pgt_name", "text"), ("refresh_mode", "text"), ("total_refreshes", "int8"),
-        ("diff_count", "int8"), ("full_count", "int8"), ("avg_diff_ms", "float8"), ("avg_full_ms", "float8"),
-        ("avg_change_ratio", "float8"), ("diff_speedup", "text"), ("last_refresh_at", "text")]),
-    "recommend_refresh_mode": ("pgtrickle.recommend_refresh_mode()", [
-        ("pgt_schema", "text"), ("pgt_name", "text"), ("current_mode", "text"), ("effective_mode", "text"),
-        ("recommended_mode", "text"), ("confidence", "text"), ("reason", "text"), ("signals", "jsonb")]),
-    "dependency_tree": ("pgtrickle.dependency_tree()", [
-        ("tree_line", "text"), ("node", "text"), ("node_type", "text"), ("depth", "int4"), ("status", "text"),
-        ("refresh_mode", "text")]),
-    "change_buffer_sizes": ("pgtrickle.change_buffer_sizes()", [
-        ("stream_table", "text"), ("source_table", "text"), ("source_oid", "int8"), ("cdc_mode", "text"),
-        ("pending_rows", "int8"), ("buffer_bytes", "int8")]),
+    "refresh_efficiency": (
+        "pgtrickle.refresh_efficiency()",
+        [
+            ("pgt_schema", "text"),
+            ("pgt_name", "text"),
+            ("refresh_mode", "text"),
+            ("total_refreshes", "int8"),
+            ("diff_count", "int8"),
+            ("full_count", "int8"),
+            ("avg_diff_ms", "float8"),
+            ("avg_full_ms", "float8"),
+            ("avg_change_ratio", "float8"),
+            ("diff_speedup", "text"),
+            ("last_refresh_at", "text"),
+        ],
+    ),
+    "recommend_refresh_mode": (
+        "pgtrickle.recommend_refresh_mode()",
+        [
+            ("pgt_schema", "text"),
+            ("pgt_name", "text"),
+            ("current_mode", "text"),
+            ("effective_mode", "text"),
+            ("recommended_mode", "text"),
+            ("confidence", "text"),
+            ("reason", "text"),
+            ("signals", "jsonb"),
+        ],
+    ),
+    "dependency_tree": (
+        "pgtrickle.dependency_tree()",
+        [
+            ("tree_line", "text"),
+            ("node", "text"),
+            ("node_type", "text"),
+            ("depth", "int4"),
+            ("status", "text"),
+            ("refresh_mode", "text"),
+        ],
+    ),
+    "change_buffer_sizes": (
+        "pgtrickle.change_buffer_sizes()",
+        [
+            ("stream_table", "text"),
+            ("source_table", "text"),
+            ("source_oid", "int8"),
+            ("cdc_mode", "text"),
+            ("pending_rows", "int8"),
+            ("buffer_bytes", "int8"),
+        ],
+    ),
 }
 
 
@@ -146,13 +242,17 @@ def test_monitoring_functions_return_the_reference_columns(db, function):
 
 
 def test_lifecycle_signatures_match_the_reference(db):
-    args = dict(db.execute(
-        "SELECT proname, pg_get_function_arguments(oid) FROM pg_proc WHERE pronamespace = 'pgtrickle'::regnamespace"
-        " AND proname IN ('create_stream_table', 'drop_stream_table', 'refresh_stream_table', 'resume_stream_table',"
-        " 'create_stream_table_if_not_exists')").fetchall())
+    args = dict(
+        db.execute(
+            "SELECT proname, pg_get_function_arguments(oid) FROM pg_proc"
+            " WHERE pronamespace = 'pgtrickle'::regnamespace AND proname IN ('create_stream_table',"
+            " 'drop_stream_table', 'refresh_stream_table', 'resume_stream_table', 'create_stream_table_if_not_exists')"
+        ).fetchall()
+    )
     assert args["create_stream_table"].startswith(
         "name text, query text, schedule text DEFAULT 'calculated'::text, refresh_mode text DEFAULT 'AUTO'::text, "
-        "initialize boolean DEFAULT true, diamond_consistency text DEFAULT NULL::text")
+        "initialize boolean DEFAULT true, diamond_consistency text DEFAULT NULL::text"
+    )
     assert args["create_stream_table"].count(",") == 15  # 16 parameters
     assert args["create_stream_table_if_not_exists"] == args["create_stream_table"]
     assert args["drop_stream_table"] == "name text, cascade boolean DEFAULT false"
@@ -180,13 +280,17 @@ def test_create_initialises_with_true_counts_and_records_sources(db):
 def test_create_rejects_duplicates_bad_modes_and_schedules(db):
     db.execute("CREATE TABLE t (v int)")
     db.execute("SELECT pgtrickle.create_stream_table('s', 'SELECT count(*) AS n FROM t')")
-    cases = [("SELECT pgtrickle.create_stream_table('s', 'SELECT 1 AS x')", "already exists"),
-             ("SELECT pgtrickle.create_stream_table('m', 'SELECT 1 AS x', refresh_mode => 'SOMETIMES')",
-              "invalid refresh_mode"),
-             ("SELECT pgtrickle.create_stream_table('m', 'SELECT 1 AS x', schedule => NULL)", "must not be NULL"),
-             ("SELECT pgtrickle.create_stream_table('m', 'SELECT 1 AS x', schedule => '5 minutes please')", "cron"),
-             ("SELECT pgtrickle.create_stream_table('m', 'SELECT 1 AS x', schedule => '0s')", "shorter than"),
-             ("SELECT pgtrickle.create_stream_table('m', 'SELECT * FROM missing_table')", "missing_table")]
+    cases = [
+        ("SELECT pgtrickle.create_stream_table('s', 'SELECT 1 AS x')", "already exists"),
+        (
+            "SELECT pgtrickle.create_stream_table('m', 'SELECT 1 AS x', refresh_mode => 'SOMETIMES')",
+            "invalid refresh_mode",
+        ),
+        ("SELECT pgtrickle.create_stream_table('m', 'SELECT 1 AS x', schedule => NULL)", "must not be NULL"),
+        ("SELECT pgtrickle.create_stream_table('m', 'SELECT 1 AS x', schedule => '5 minutes please')", "cron"),
+        ("SELECT pgtrickle.create_stream_table('m', 'SELECT 1 AS x', schedule => '0s')", "shorter than"),
+        ("SELECT pgtrickle.create_stream_table('m', 'SELECT * FROM missing_table')", "missing_table"),
+    ]
     for statement, message in cases:
         with pytest.raises(psycopg.Error, match=message):
             db.execute(statement)
@@ -368,10 +472,13 @@ def test_emulator_run_commits_as_it_goes_and_refuses_a_second_scheduler(emulator
 def test_dependency_tree_draws_a_diamond(db):
     db.execute("CREATE TABLE src (k int, v int)")
     db.execute("SELECT pgtrickle.create_stream_table('left_side', 'SELECT k, sum(v) AS s FROM src GROUP BY k', '1s')")
-    db.execute("SELECT pgtrickle.create_stream_table('right_side',"
-               " 'SELECT k, count(*) AS c FROM src GROUP BY k', '1s')")
-    db.execute("SELECT pgtrickle.create_stream_table('joined', 'SELECT l.k, l.s, r.c FROM left_side l"
-               " JOIN right_side r USING (k)')")
+    db.execute(
+        "SELECT pgtrickle.create_stream_table('right_side', 'SELECT k, count(*) AS c FROM src GROUP BY k', '1s')"
+    )
+    db.execute(
+        "SELECT pgtrickle.create_stream_table('joined', 'SELECT l.k, l.s, r.c FROM left_side l"
+        " JOIN right_side r USING (k)')"
+    )
     lines = [r.tree_line for r in pgtrickle.dependency_tree(db)]
     assert lines == [
         "├── public.left_side",
@@ -396,16 +503,19 @@ def test_refresh_efficiency_matches_the_history(db):
     make_due(db)
     db.execute("SELECT pgtrickle.emulator_tick()")  # NO_DATA: counted in total_refreshes, not in full_count
     [eff] = pgtrickle.refresh_efficiency(db)
-    rows = db.execute("SELECT action, rows_inserted + rows_deleted, extract(epoch FROM end_time - start_time) * 1000"
-                      " FROM pgtrickle.pgt_refresh_history WHERE status = 'COMPLETED'").fetchall()
+    rows = db.execute(
+        "SELECT action, rows_inserted + rows_deleted, extract(epoch FROM end_time - start_time) * 1000"
+        " FROM pgtrickle.pgt_refresh_history WHERE status = 'COMPLETED'"
+    ).fetchall()
     full = [r for r in rows if r[0] == "FULL"]
     assert (eff.total_refreshes, eff.full_count, eff.diff_count) == (len(rows), len(full), 0) == (5, 4, 0)
     assert eff.avg_full_ms == pytest.approx(sum(float(r[2]) for r in full) / len(full))
     changed = [r[1] for r in rows if r[1] > 0]
     assert eff.avg_change_ratio == pytest.approx(sum(c / 20 for c in changed) / len(changed))
     assert (eff.avg_diff_ms, eff.diff_speedup) == (None, None)  # never measured by full recomputation
-    assert eff.last_refresh_at == str(db.execute("SELECT data_timestamp::text FROM pgtrickle.pgt_stream_tables"
-                                                 ).fetchone()[0])
+    assert eff.last_refresh_at == str(
+        db.execute("SELECT data_timestamp::text FROM pgtrickle.pgt_stream_tables").fetchone()[0]
+    )
 
 
 def test_advisor_uses_only_measured_signals_with_the_reference_weights(db):

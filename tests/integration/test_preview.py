@@ -47,15 +47,23 @@ def _wait_for(predicate, timeout: float, what: str):
 
 def test_preview_runs_the_demo_and_ctrl_c_stops_everything(tmp_path):
     pg_port, http_port = free_port(), free_port()
-    env = {**os.environ, "PREVIEW_PG_PORT": str(pg_port), "GENERATOR_HTTP_PORT": str(http_port),
-           "GENERATOR_RATE": "20", "DEMO_PASSWORD": "preview-owner-pw", "LOG_LEVEL": "WARNING"}
+    env = {
+        **os.environ,
+        "PREVIEW_PG_PORT": str(pg_port),
+        "GENERATOR_HTTP_PORT": str(http_port),
+        "GENERATOR_RATE": "20",
+        "DEMO_PASSWORD": "preview-owner-pw",
+        "LOG_LEVEL": "WARNING",
+    }
     log_path = tmp_path / "preview.log"
     with log_path.open("w") as log:
-        preview = subprocess.Popen([sys.executable, "-m", "devenv.preview"], cwd=ROOT, env=env,
-                                   stdout=log, stderr=subprocess.STDOUT)
+        preview = subprocess.Popen(
+            [sys.executable, "-m", "devenv.preview"], cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT
+        )
     try:
-        banner = _wait_for(lambda: "Ctrl-C stops everything" in log_path.read_text() and log_path.read_text(),
-                           90, "the preview banner")
+        banner = _wait_for(
+            lambda: "Ctrl-C stops everything" in log_path.read_text() and log_path.read_text(), 90, "the preview banner"
+        )
         data_dir = re.search(r"\(data in (\S+)\)", banner).group(1)
         assert f"127.0.0.1:{pg_port}/ecommerce_demo" in banner
 

@@ -27,14 +27,17 @@ from services.common.settings import (
 from tests.support import ROOT
 
 
-@pytest.mark.parametrize(("reader", "value", "fragment"), [
-    (lambda env: env_int("N", 1, minimum=0, env=env), "x", "N='x' is not a valid int"),
-    (lambda env: env_int("N", 1, minimum=0, env=env), "-3", "N='-3' is too small; it must be >= 0"),
-    (lambda env: env_float("N", 1.0, maximum=10, env=env), "11", "N='11' is too large; it must be <= 10"),
-    (lambda env: env_float("N", 1.0, env=env), "nan", "N='nan' is not a valid number"),
-    (lambda env: env_bool("N", True, env=env), "maybe", "N='maybe' is not a boolean"),
-    (lambda env: env_choice("N", "a", ("a", "b"), env=env), "c", "N='c' is not valid; allowed values: a, b"),
-])
+@pytest.mark.parametrize(
+    ("reader", "value", "fragment"),
+    [
+        (lambda env: env_int("N", 1, minimum=0, env=env), "x", "N='x' is not a valid int"),
+        (lambda env: env_int("N", 1, minimum=0, env=env), "-3", "N='-3' is too small; it must be >= 0"),
+        (lambda env: env_float("N", 1.0, maximum=10, env=env), "11", "N='11' is too large; it must be <= 10"),
+        (lambda env: env_float("N", 1.0, env=env), "nan", "N='nan' is not a valid number"),
+        (lambda env: env_bool("N", True, env=env), "maybe", "N='maybe' is not a boolean"),
+        (lambda env: env_choice("N", "a", ("a", "b"), env=env), "c", "N='c' is not valid; allowed values: a, b"),
+    ],
+)
 def test_bad_values_name_the_variable_and_what_is_allowed(reader, value, fragment):
     with pytest.raises(ConfigError) as error:
         reader({"N": value})
@@ -106,15 +109,24 @@ def test_registry_has_no_scenario_specific_code():
 def test_scenario_manifest_matches_the_seed_for_ecommerce():
     spec = scenarios.get_scenario("ecommerce")
     assert [(s.name, s.refresh_mode, s.schedule) for s in spec.stream_tables] == [
-        ("product_sales", "DIFFERENTIAL", "1s"), ("customer_stats", "DIFFERENTIAL", "1s"),
-        ("category_revenue", "DIFFERENTIAL", "1s"), ("country_revenue", "DIFFERENTIAL", "calculated"),
-        ("catalog_price_impact", "DIFFERENTIAL", "5s"), ("top_10_customers", "DIFFERENTIAL", "calculated"),
+        ("product_sales", "DIFFERENTIAL", "1s"),
+        ("customer_stats", "DIFFERENTIAL", "1s"),
+        ("category_revenue", "DIFFERENTIAL", "1s"),
+        ("country_revenue", "DIFFERENTIAL", "calculated"),
+        ("catalog_price_impact", "DIFFERENTIAL", "5s"),
+        ("top_10_customers", "DIFFERENTIAL", "calculated"),
     ]
 
 
 def test_invalid_scenario_env_exits_2_without_traceback():
-    result = subprocess.run([sys.executable, "-m", "services.bootstrap"], cwd=ROOT, capture_output=True,
-                            text=True, timeout=30, env={"DEMO_SCENARIO": "weather", "PATH": "/usr/bin:/bin"})
+    result = subprocess.run(
+        [sys.executable, "-m", "services.bootstrap"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=30,
+        env={"DEMO_SCENARIO": "weather", "PATH": "/usr/bin:/bin"},
+    )
     assert result.returncode == 2
     assert "DEMO_SCENARIO='weather' is not valid; allowed values: ecommerce" in result.stderr
     assert "Traceback" not in result.stderr
