@@ -14,7 +14,7 @@ import uuid
 import psycopg
 import pytest
 
-from tests.integration.test_generator import GeneratorProcess, run_in_database
+from tests.generator_support import GeneratorProcess, run_in_database
 
 DURATION_S = float(os.environ.get("BENCH_GENERATOR_SECONDS", "30"))
 UNLIMITED = "10000000"  # events/s: far above what any machine sustains, so the writer sets the pace

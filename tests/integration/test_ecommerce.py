@@ -12,7 +12,7 @@ from psycopg import sql
 
 from devenv.scheduler import EmulatorScheduler
 from services.common.scenarios import get_scenario
-from tests.integration.test_generator import GeneratorProcess
+from tests.generator_support import GeneratorProcess
 
 SCENARIO = get_scenario("ecommerce")
 
