@@ -689,6 +689,31 @@ BEGIN
     PERFORM pg_advisory_unlock(keys.key1, keys.key2);
 END $$;
 
+-- (Re)records a stream table's sources from its probe view: dependencies, change capture on each table,
+-- and capture removed from tables no stream table reads any more.
+CREATE FUNCTION pgtrickle.emulator_record_sources(p_pgt_id bigint, p_probe oid) RETURNS void
+LANGUAGE plpgsql AS $$
+DECLARE
+    previous_sources oid[] := ARRAY(SELECT source_relid FROM pgtrickle.pgt_dependencies WHERE pgt_id = p_pgt_id);
+    src record;
+BEGIN
+    DELETE FROM pgtrickle.pgt_dependencies WHERE pgt_id = p_pgt_id;
+    FOR src IN SELECT * FROM pgtrickle.emulator_relation_sources(p_probe) LOOP
+        INSERT INTO pgtrickle.pgt_dependencies (pgt_id, source_relid, source_type, columns_used, source_stable_name)
+        VALUES (p_pgt_id, src.source_relid,
+                CASE WHEN EXISTS (SELECT 1 FROM pgtrickle.pgt_stream_tables s WHERE s.pgt_relid = src.source_relid)
+                          THEN 'STREAM_TABLE'
+                     WHEN src.relkind = 'm' THEN 'MATVIEW'
+                     WHEN src.relkind = 'f' THEN 'FOREIGN_TABLE'
+                     ELSE 'TABLE' END,
+                src.columns_used, src.source_relid::regclass::text);
+        IF src.relkind IN ('r', 'p') THEN
+            PERFORM pgtrickle.emulator_attach_capture(src.source_relid);
+        END IF;
+    END LOOP;
+    PERFORM pgtrickle.emulator_detach_capture_if_unused(relid) FROM unnest(previous_sources) relid;
+END $$;
+
 -- ---------------------------------------------------------------------------------------------------
 -- Lifecycle (pg_trickle names, argument names, order and defaults)
 -- ---------------------------------------------------------------------------------------------------
@@ -722,7 +747,6 @@ DECLARE
     relid oid;
     column_defs text;
     new_id bigint;
-    src record;
 BEGIN
     n := pgtrickle.emulator_split_name(name);
     IF query IS NULL OR btrim(query) = '' THEN
@@ -763,19 +787,7 @@ BEGIN
             max_delta_fraction, partition_by, coalesce(storage_backend, 'heap'), 'FULL')
     RETURNING pgt_id INTO new_id;
     INSERT INTO pgtrickle.emulator_stats (pgt_id) VALUES (new_id);
-    FOR src IN SELECT * FROM pgtrickle.emulator_relation_sources(probe) LOOP
-        INSERT INTO pgtrickle.pgt_dependencies (pgt_id, source_relid, source_type, columns_used, source_stable_name)
-        VALUES (new_id, src.source_relid,
-                CASE WHEN EXISTS (SELECT 1 FROM pgtrickle.pgt_stream_tables s WHERE s.pgt_relid = src.source_relid)
-                          THEN 'STREAM_TABLE'
-                     WHEN src.relkind = 'm' THEN 'MATVIEW'
-                     WHEN src.relkind = 'f' THEN 'FOREIGN_TABLE'
-                     ELSE 'TABLE' END,
-                src.columns_used, src.source_relid::regclass::text);
-        IF src.relkind IN ('r', 'p') THEN
-            PERFORM pgtrickle.emulator_attach_capture(src.source_relid);
-        END IF;
-    END LOOP;
+    PERFORM pgtrickle.emulator_record_sources(new_id, probe);
     -- Downstream stream tables read this one: capture its changes too.
     PERFORM pgtrickle.emulator_attach_capture(relid);
     DROP VIEW pg_temp.pgt_emulator_probe;
@@ -822,7 +834,7 @@ DECLARE
     st pgtrickle.pgt_stream_tables := pgtrickle.emulator_lookup(name);
     dependents text;
     down record;
-    src record;
+    previous_sources oid[];
 BEGIN
     SELECT string_agg(format('%s.%s', d2.pgt_schema, d2.pgt_name), ', ') INTO dependents
       FROM pgtrickle.pgt_dependencies d JOIN pgtrickle.pgt_stream_tables d2 ON d2.pgt_id = d.pgt_id
@@ -838,15 +850,11 @@ BEGIN
             PERFORM pgtrickle.drop_stream_table(format('%I.%I', down.pgt_schema, down.pgt_name), true);
         END IF;
     END LOOP;
-    CREATE TEMPORARY TABLE IF NOT EXISTS pgt_emulator_dropped_sources (relid oid) ON COMMIT DROP;
-    INSERT INTO pgt_emulator_dropped_sources SELECT source_relid FROM pgtrickle.pgt_dependencies WHERE pgt_id = st.pgt_id;
+    previous_sources := ARRAY(SELECT source_relid FROM pgtrickle.pgt_dependencies WHERE pgt_id = st.pgt_id);
     DELETE FROM pgtrickle.pgt_stream_tables WHERE pgt_id = st.pgt_id;
     DELETE FROM pgtrickle.emulator_source_changes WHERE source_relid = st.pgt_relid;
     EXECUTE format('DROP TABLE %I.%I', st.pgt_schema, st.pgt_name);
-    FOR src IN SELECT DISTINCT relid FROM pgt_emulator_dropped_sources LOOP
-        PERFORM pgtrickle.emulator_detach_capture_if_unused(src.relid);
-    END LOOP;
-    DELETE FROM pgt_emulator_dropped_sources;
+    PERFORM pgtrickle.emulator_detach_capture_if_unused(relid) FROM unnest(previous_sources) relid;
 END $$;
 
 CREATE FUNCTION pgtrickle.refresh_stream_table(name text) RETURNS void
@@ -904,7 +912,6 @@ DECLARE
     new_defs text;
     qualified text := format('%I.%I', st.pgt_schema, st.pgt_name);
     probe oid;
-    src record;
 BEGIN
     IF new_status IS NOT NULL AND new_status NOT IN ('INITIALIZING', 'ACTIVE', 'SUSPENDED', 'ERROR') THEN
         RAISE EXCEPTION 'invalid status "%": allowed values are INITIALIZING, ACTIVE, SUSPENDED, ERROR', status
@@ -959,25 +966,7 @@ BEGIN
         UPDATE pgtrickle.emulator_stats SET row_count = 0 WHERE pgt_id = st.pgt_id;
         PERFORM pgtrickle.emulator_attach_capture(qualified::regclass);
     END IF;
-    CREATE TEMPORARY TABLE IF NOT EXISTS pgt_emulator_dropped_sources (relid oid) ON COMMIT DROP;
-    INSERT INTO pgt_emulator_dropped_sources SELECT source_relid FROM pgtrickle.pgt_dependencies WHERE pgt_id = st.pgt_id;
-    DELETE FROM pgtrickle.pgt_dependencies WHERE pgt_id = st.pgt_id;
-    FOR src IN SELECT * FROM pgtrickle.emulator_relation_sources(probe) LOOP
-        INSERT INTO pgtrickle.pgt_dependencies (pgt_id, source_relid, source_type, columns_used, source_stable_name)
-        VALUES (st.pgt_id, src.source_relid,
-                CASE WHEN EXISTS (SELECT 1 FROM pgtrickle.pgt_stream_tables s WHERE s.pgt_relid = src.source_relid)
-                          THEN 'STREAM_TABLE'
-                     WHEN src.relkind = 'm' THEN 'MATVIEW' WHEN src.relkind = 'f' THEN 'FOREIGN_TABLE'
-                     ELSE 'TABLE' END,
-                src.columns_used, src.source_relid::regclass::text);
-        IF src.relkind IN ('r', 'p') THEN
-            PERFORM pgtrickle.emulator_attach_capture(src.source_relid);
-        END IF;
-    END LOOP;
-    FOR src IN SELECT DISTINCT relid FROM pgt_emulator_dropped_sources LOOP
-        PERFORM pgtrickle.emulator_detach_capture_if_unused(src.relid);
-    END LOOP;
-    DELETE FROM pgt_emulator_dropped_sources;
+    PERFORM pgtrickle.emulator_record_sources(st.pgt_id, probe);
     DROP VIEW pg_temp.pgt_emulator_probe;
     UPDATE pgtrickle.pgt_stream_tables
        SET defining_query = alter_stream_table.query, original_query = alter_stream_table.query, frontier = NULL,
