@@ -16,7 +16,7 @@ from pathlib import Path
 from services.common.settings import ConfigError, env_choice
 
 # Registration: one name per scenario. The first one is the default.
-SCENARIO_NAMES: tuple[str, ...] = ("ecommerce",)
+SCENARIO_NAMES: tuple[str, ...] = ("ecommerce", "fraud")
 DEFAULT_SCENARIO = "ecommerce"
 
 _REPO_SQL_DIR = Path(__file__).resolve().parents[2] / "sql"
