@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import shutil
 from pathlib import Path
 
@@ -42,3 +43,37 @@ TEST_PASSWORDS = {
     "DEMO_WRITER_PASSWORD": "writer-test-pw",
     "DEMO_READER_PASSWORD": "reader-test-pw",
 }
+
+
+# -- stream tables vs their defining queries (any scenario) ------------------------------------------------
+_CREATE_STREAM_TABLE = re.compile(
+    r"create_stream_table_if_not_exists\(\s*name\s*=>\s*'(?P<name>\w+)',\s*query\s*=>\s*\$\$(?P<query>.*?)\$\$,"
+    r"\s*schedule\s*=>\s*'(?P<schedule>[^']+)',\s*refresh_mode\s*=>\s*'(?P<mode>\w+)'\s*\)",
+    re.DOTALL,
+)
+
+
+def scenario_defining_queries(scenario: str) -> dict[str, dict[str, str]]:
+    """name -> {query, schedule, mode}, in file order, parsed from sql/<scenario>/stream_tables.sql (the
+    queries as written: the real engine stores TopK queries without their ORDER BY ... LIMIT)."""
+    text = (ROOT / "sql" / scenario / "stream_tables.sql").read_text()
+    return {
+        m["name"]: {"query": m["query"], "schedule": m["schedule"], "mode": m["mode"]}
+        for m in _CREATE_STREAM_TABLE.finditer(text)
+    }
+
+
+def stream_table_differences(conn, name: str, query: str) -> tuple[int, int, int]:
+    """(rows stored, stored rows the query does not produce, produced rows not stored), as multisets over
+    the query's own columns (the engine adds bookkeeping columns such as __pgt_row_id)."""
+    from psycopg import sql
+
+    with conn.cursor() as cur:
+        cur.execute(sql.SQL("SELECT * FROM ({}) AS q LIMIT 0").format(sql.SQL(query)))
+        columns = sql.SQL(", ").join(sql.Identifier(col.name) for col in cur.description)
+    stored = sql.SQL("SELECT {} FROM {}").format(columns, sql.Identifier(name))
+    fresh = sql.SQL("SELECT * FROM ({}) AS q").format(sql.SQL(query))
+    (rows,) = conn.execute(sql.SQL("SELECT count(*) FROM {}").format(sql.Identifier(name))).fetchone()
+    (extra,) = conn.execute(sql.SQL("SELECT count(*) FROM ({} EXCEPT ALL {}) AS d").format(stored, fresh)).fetchone()
+    (missing,) = conn.execute(sql.SQL("SELECT count(*) FROM ({} EXCEPT ALL {}) AS d").format(fresh, stored)).fetchone()
+    return rows, extra, missing
