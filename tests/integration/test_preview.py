@@ -14,6 +14,7 @@ from pathlib import Path
 
 import psycopg
 import pytest
+from psycopg import sql
 
 from devenv.postgres import free_port
 from tests.support import ROOT
@@ -45,10 +46,20 @@ def _wait_for(predicate, timeout: float, what: str):
     raise AssertionError(f"timed out after {timeout}s waiting for {what}")
 
 
-def test_preview_runs_the_demo_and_ctrl_c_stops_everything(tmp_path):
+# Per scenario: the event stream's base table, and a stream-table figure that moves with it.
+MOVING = {
+    "ecommerce": ("orders", "SELECT sum(revenue) FROM category_revenue"),
+    "fraud": ("transactions", "SELECT sum(total_volume) FROM category_volume"),
+}
+
+
+@pytest.mark.parametrize("scenario", sorted(MOVING))
+def test_preview_runs_the_demo_and_ctrl_c_stops_everything(tmp_path, scenario):
+    stream_table, figure = MOVING[scenario]
     pg_port, http_port = free_port(), free_port()
     env = {
         **os.environ,
+        "DEMO_SCENARIO": scenario,
         "PREVIEW_PG_PORT": str(pg_port),
         "GENERATOR_HTTP_PORT": str(http_port),
         "GENERATOR_RATE": "20",
@@ -65,7 +76,7 @@ def test_preview_runs_the_demo_and_ctrl_c_stops_everything(tmp_path):
             lambda: "Ctrl-C stops everything" in log_path.read_text() and log_path.read_text(), 90, "the preview banner"
         )
         data_dir = re.search(r"\(data in (\S+)\)", banner).group(1)
-        assert f"127.0.0.1:{pg_port}/ecommerce_demo" in banner
+        assert f"127.0.0.1:{pg_port}/{scenario}_demo" in banner
 
         def control():
             try:
@@ -74,18 +85,18 @@ def test_preview_runs_the_demo_and_ctrl_c_stops_everything(tmp_path):
             except OSError:
                 return None
 
-        assert _wait_for(control, 30, "the generator control API")["scenario"] == "ecommerce"
-        owner = f"postgresql://demo:preview-owner-pw@127.0.0.1:{pg_port}/ecommerce_demo"
+        assert _wait_for(control, 30, "the generator control API")["scenario"] == scenario
+        owner = f"postgresql://demo:preview-owner-pw@127.0.0.1:{pg_port}/{scenario}_demo"
+        count_events = sql.SQL("SELECT count(*) FROM {}").format(sql.Identifier(stream_table))
         with psycopg.connect(owner, autocommit=True) as conn:
-            orders_before = conn.execute("SELECT count(*) FROM orders").fetchone()[0]
-            revenue_before = conn.execute("SELECT sum(revenue) FROM category_revenue").fetchone()[0]
+            events_before = conn.execute(count_events).fetchone()[0]
+            figure_before = conn.execute(figure).fetchone()[0]
 
             def dag_moved():
-                orders = conn.execute("SELECT count(*) FROM orders").fetchone()[0]
-                revenue = conn.execute("SELECT sum(revenue) FROM category_revenue").fetchone()[0]
-                return orders > orders_before and revenue != revenue_before
+                events = conn.execute(count_events).fetchone()[0]
+                return events > events_before and conn.execute(figure).fetchone()[0] != figure_before
 
-            _wait_for(dag_moved, 30, "new orders to reach category_revenue through the scheduler")
+            _wait_for(dag_moved, 30, f"new {stream_table} rows to reach the stream tables through the scheduler")
             health = dict(conn.execute("SELECT check_name, severity FROM pgtrickle.health_check()").fetchall())
             assert health["scheduler_running"] == "OK"
     finally:
