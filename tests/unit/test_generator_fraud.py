@@ -72,3 +72,35 @@ def test_same_seed_same_events():
     assert a.burst()[0].rows == b.burst()[0].rows
     assert a.slow_change()[0].rows == b.slow_change()[0].rows
     assert generator(6).regular(100)[0].rows != generator(5).regular(100)[0].rows
+
+
+def test_bursts_pick_calm_users_and_start_above_their_average():
+    gen = load_scenario("fraud", 3)
+    averages = {user: (10, 5_000) for user in USERS}
+    averages.update({user: (20, 900_000) for user in USERS[:55]})  # 55 users already inflated
+    gen.set_lookups(USERS, MERCHANTS, averages)
+    # The 10 lowest averages: the 5 calm users, then (ties by id) the 5 first inflated ones.
+    candidates = set(USERS[55:]) | set(USERS[:5])
+    chosen = set()
+    for _ in range(40):
+        [part] = gen.burst()
+        user = part.rows[0][0]
+        chosen.add(user)
+        assert user in candidates
+        first = Decimal(part.rows[0][2])
+        assert first * 100 >= Decimal(averages[user][1]) * Decimal("1.1")
+    assert chosen & set(USERS[55:])  # calm users are among those picked
+    inflated = {user: (20, 900_000) for user in USERS}
+    gen.set_lookups(USERS, MERCHANTS, inflated)
+    [part] = gen.burst()
+    assert Decimal(part.rows[0][2]) * 100 >= 990_000  # start above 1.1x even a large average
+
+
+def test_committed_burst_raises_the_users_average():
+    gen = generator()
+    [part] = gen.burst()
+    user = part.rows[0][0]
+    before = gen.averages[user]
+    gen.committed([part])
+    count, average = gen.averages[user]
+    assert count == before[0] + len(part.rows) and average > before[1]

@@ -4,8 +4,10 @@ Events (metric label `kind`):
   transaction        a regular transaction: one user (a few are far busier than others), one merchant
                      (Crypto and Gambling merchants are rarer), an amount of a few dollars to a few hundred.
   burst_transaction  a suspicious burst: one user fires 6-14 rapid transactions at Crypto/Gambling
-                     merchants, each amount 1.5-1.8x the previous one, starting at 200-400: the last ones
-                     are far above anything the user spent before, so risk_scores ends the burst HIGH.
+                     merchants, each amount 1.5-1.8x the previous one, starting at 200-400 and above 1.1x
+                     the user's average so far. The burst's mean is then over 3x its start, so its last
+                     amount is over 2x the user's new average: risk_scores ends the burst HIGH. The user is
+                     one of the BURST_CANDIDATES with the lowest average (bursts inflate averages).
   tier_rotation      a slow change: one merchant's tier in merchant_risk_tier moves one step along
                      STANDARD -> ELEVATED -> HIGH -> STANDARD (updated_at = now()).
 
@@ -43,6 +45,7 @@ REGULAR_SIGMA = 0.9
 BURST_SIZE = (6, 14)
 BURST_START_CENTS = (20_000, 40_000)
 BURST_GROWTH = (1.5, 1.8)  # each amount is this many times the previous one
+BURST_CANDIDATES = 10
 
 
 @dataclass
@@ -87,15 +90,25 @@ class Generator(ScenarioGenerator):
                     "SELECT m.id, m.category, r.tier FROM merchants m"
                     " JOIN merchant_risk_tier r ON r.merchant_id = m.id ORDER BY m.id"
                 ).fetchall()
+                # Read once per (re)load: bursts must start above the user's average to end HIGH.
+                averages = cur.execute(
+                    "SELECT user_id, count(*), round(avg(amount) * 100) FROM transactions GROUP BY user_id"
+                ).fetchall()
         except (psycopg.errors.UndefinedTable, psycopg.errors.InsufficientPrivilege) as exc:
             conn.rollback()
             raise LookupsNotReady(str(exc).splitlines()[0]) from None
         conn.rollback()  # end the read transaction: the engine's write transactions start clean
-        self.set_lookups(users, merchants)
+        self.set_lookups(users, merchants, {user: (count, int(avg)) for user, count, avg in averages})
 
-    def set_lookups(self, users: Sequence[int], merchants: Sequence[tuple[int, str, str]]) -> None:
-        """users: ids; merchants: (id, category, tier)."""
+    def set_lookups(
+        self,
+        users: Sequence[int],
+        merchants: Sequence[tuple[int, str, str]],
+        averages: dict[int, tuple[int, int]] | None = None,
+    ) -> None:
+        """users: ids; merchants: (id, category, tier); averages: user -> (transactions, average cents)."""
         self.users = list(users)
+        self.averages = {user: (averages or {}).get(user, (0, 0)) for user in self.users}
         self.merchants = [Merchant(*m) for m in merchants]
         self.suspicious = [m for m in self.merchants if m.category in SUSPICIOUS_CATEGORIES]
         if not self.users or not self.merchants or not self.suspicious:
@@ -127,10 +140,11 @@ class Generator(ScenarioGenerator):
 
     def burst(self) -> list[Rows]:
         rng = self._burst_rng
-        user = rng.choice(self.users)
+        calmest = sorted(self.users, key=lambda u: (self.averages[u][1], u))[:BURST_CANDIDATES]
+        user = rng.choice(calmest)
         size = rng.randint(*BURST_SIZE)
         growth = rng.uniform(*BURST_GROWTH)
-        cents = rng.randint(*BURST_START_CENTS)
+        cents = max(rng.randint(*BURST_START_CENTS), math.ceil(self.averages[user][1] * 1.1))
         rows = []
         for _ in range(size):
             rows.append((user, rng.choice(self.suspicious).id, cents_to_text(cents)))
@@ -148,6 +162,12 @@ class Generator(ScenarioGenerator):
             if part.target is RISK_TIER:
                 for tier, merchant_id in part.rows:
                     self._by_id[merchant_id].tier = tier
+            elif part.kind == self.burst_kind:
+                # Regular amounts (<= 250) never lift an average above a burst's; bursts do: track them.
+                for user, _, amount in part.rows:
+                    count, avg = self.averages[user]
+                    cents = round(float(amount) * 100)
+                    self.averages[user] = (count + 1, (avg * count + cents) // (count + 1))
 
     # -- helpers for tests -----------------------------------------------------------------------------
     def merchant(self, merchant_id: int) -> Merchant:
