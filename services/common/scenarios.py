@@ -9,14 +9,14 @@ from __future__ import annotations
 
 import os
 import tomllib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
 
 from services.common.settings import ConfigError, env_choice
 
 # Registration: one name per scenario. The first one is the default.
-SCENARIO_NAMES: tuple[str, ...] = ("ecommerce", "fraud")
+SCENARIO_NAMES: tuple[str, ...] = ("ecommerce", "fraud", "finance")
 DEFAULT_SCENARIO = "ecommerce"
 
 _REPO_SQL_DIR = Path(__file__).resolve().parents[2] / "sql"
@@ -44,6 +44,9 @@ class Scenario:
     base_tables: tuple[str, ...]
     stream_tables: tuple[StreamTableSpec, ...]  # in creation (topological) order
     folder: Path
+    # Optional [generator] table: defaults for generator variables (e.g. GENERATOR_BURST_INTERVAL) that
+    # apply when neither the flag nor the variable is set.
+    generator_defaults: dict[str, str] = field(default_factory=dict)
 
     @property
     def database(self) -> str:
@@ -77,6 +80,7 @@ def _load(name: str) -> Scenario:
                 for st in data["stream_tables"]
             ),
             folder=folder,
+            generator_defaults={str(k): str(v) for k, v in data.get("generator", {}).items()},
         )
     except (KeyError, TypeError) as exc:
         raise ConfigError(f"{manifest} is missing or mistypes the key {exc}") from None

@@ -125,13 +125,16 @@ def parse_config(argv: Sequence[str] | None = None, env: Mapping[str, str] | Non
         env_value = env.get(option.env, "").strip()
         if env_value:
             return option.env, env_value
-        return option.env, option.default
+        return option.env, scenario_defaults.get(option.env, option.default)
 
     by_env = {option.env: option for option in OPTIONS}
+    scenario_defaults: dict[str, str] = {}
 
     name, scenario = raw(by_env["DEMO_SCENARIO"])
     if scenario not in SCENARIO_NAMES:
         raise ConfigError(f"{name}={scenario!r} is not valid; allowed values: {', '.join(SCENARIO_NAMES)}")
+    # A scenario may set its own defaults (finance: a price tick every cycle, bursts every 60 s).
+    scenario_defaults = get_scenario(scenario).generator_defaults
 
     name, max_rate_text = raw(by_env["GENERATOR_MAX_RATE"])
     max_rate = _positive(name, max_rate_text)
