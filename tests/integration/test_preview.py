@@ -50,6 +50,7 @@ def _wait_for(predicate, timeout: float, what: str):
 MOVING = {
     "ecommerce": ("orders", "SELECT sum(revenue) FROM category_revenue"),
     "fraud": ("transactions", "SELECT sum(total_volume) FROM category_volume"),
+    "finance": ("trades", "SELECT sum(trade_count) FROM net_positions"),
 }
 
 

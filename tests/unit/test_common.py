@@ -141,7 +141,7 @@ def test_invalid_scenario_env_exits_2_without_traceback():
         env={"DEMO_SCENARIO": "weather", "PATH": "/usr/bin:/bin"},
     )
     assert result.returncode == 2
-    assert "DEMO_SCENARIO='weather' is not valid; allowed values: ecommerce, fraud" in result.stderr
+    assert "DEMO_SCENARIO='weather' is not valid; allowed values: ecommerce, fraud, finance" in result.stderr
     assert "Traceback" not in result.stderr
 
 
