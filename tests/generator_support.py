@@ -181,3 +181,34 @@ def wait_until(predicate, timeout: float, message: str, interval: float = 0.1):
 def order_count(url: str, run_id: str) -> int:
     with psycopg.connect(url) as conn:
         return conn.execute("SELECT count(*) FROM orders WHERE generator_run_id = %s", (run_id,)).fetchone()[0]
+
+
+def run_generator_until_converged(db, flags: str, *, converge_within: float = 20) -> tuple[dict, dict]:
+    """Runs the generator (subprocess, writer role) with `flags` while the scheduler refreshes, then waits
+    until every stream table of the scenario equals its defining query (or `converge_within` passes).
+    Returns (events committed by kind, {stream table: (rows, extra, missing)}) for the caller to assert."""
+    from devenv.scheduler import EmulatorScheduler
+    from tests.support import scenario_defining_queries, stream_table_differences
+
+    scheduler = EmulatorScheduler(db.admin_url, tick_interval_ms=200).start() if db.engine == "emulator" else None
+    try:
+        with GeneratorProcess(db.writer_url, flags) as gen:
+            assert gen.wait(30) == 0, gen.log_text()
+            committed = gen.summary()["events_committed"]
+        queries = scenario_defining_queries(db.scenario)
+        deadline = time.monotonic() + converge_within  # 5 s schedules must come round
+        while True:
+            with psycopg.connect(db.owner_url) as conn:
+                report = {name: stream_table_differences(conn, name, q["query"]) for name, q in queries.items()}
+            if all(extra == missing == 0 for _, extra, missing in report.values()) or time.monotonic() > deadline:
+                return committed, report
+            time.sleep(0.5)
+    finally:
+        if scheduler is not None:
+            scheduler.stop()
+
+
+def assert_converged(report: dict) -> None:
+    for name, (rows, extra, missing) in report.items():
+        assert rows > 0, f"{name} is empty"
+        assert extra == 0 and missing == 0, f"{name}: {extra} stored rows not in its query, {missing} missing"

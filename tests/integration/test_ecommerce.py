@@ -3,16 +3,13 @@ queries, against bootstrapped databases (emulator, or the real pg_trickle under 
 
 from __future__ import annotations
 
-import re
-import time
-
 import psycopg
 import pytest
 from psycopg import sql
 
-from devenv.scheduler import EmulatorScheduler
 from services.common.scenarios import get_scenario
-from tests.generator_support import GeneratorProcess
+from tests.generator_support import assert_converged, run_generator_until_converged
+from tests.support import scenario_defining_queries
 
 SCENARIO = get_scenario("ecommerce")
 
@@ -30,20 +27,6 @@ SEED_QUERIES = {
     ),
 }
 
-_CREATE = re.compile(
-    r"create_stream_table_if_not_exists\(\s*name\s*=>\s*'(?P<name>\w+)',\s*query\s*=>\s*\$\$(?P<query>.*?)\$\$,"
-    r"\s*schedule\s*=>\s*'(?P<schedule>[^']+)',\s*refresh_mode\s*=>\s*'(?P<mode>\w+)'\s*\)",
-    re.DOTALL,
-)
-
-
-def defining_queries() -> dict[str, dict[str, str]]:
-    """name -> {query, schedule, mode}, in file order, parsed from sql/ecommerce/stream_tables.sql."""
-    text = SCENARIO.sql_file("stream_tables.sql").read_text()
-    return {
-        m["name"]: {"query": m["query"], "schedule": m["schedule"], "mode": m["mode"]} for m in _CREATE.finditer(text)
-    }
-
 
 def _tick(db, times: int = 1) -> None:
     if db.engine == "emulator":
@@ -52,22 +35,8 @@ def _tick(db, times: int = 1) -> None:
                 conn.execute("SELECT pgtrickle.emulator_tick()")
 
 
-def differences(conn: psycopg.Connection, name: str, query: str) -> tuple[int, int, int]:
-    """(rows stored, rows stored but not produced by the query, rows produced but not stored), as
-    multisets, over the query's own columns (the engine adds bookkeeping columns such as __pgt_row_id)."""
-    with conn.cursor() as cur:
-        cur.execute(sql.SQL("SELECT * FROM ({}) AS q LIMIT 0").format(sql.SQL(query)))
-        columns = sql.SQL(", ").join(sql.Identifier(col.name) for col in cur.description)
-    stored = sql.SQL("SELECT {} FROM {}").format(columns, sql.Identifier(name))
-    fresh = sql.SQL("SELECT * FROM ({}) AS q").format(sql.SQL(query))
-    (rows,) = conn.execute(sql.SQL("SELECT count(*) FROM {}").format(sql.Identifier(name))).fetchone()
-    (extra,) = conn.execute(sql.SQL("SELECT count(*) FROM ({} EXCEPT ALL {}) AS d").format(stored, fresh)).fetchone()
-    (missing,) = conn.execute(sql.SQL("SELECT count(*) FROM ({} EXCEPT ALL {}) AS d").format(fresh, stored)).fetchone()
-    return rows, extra, missing
-
-
 def test_stream_tables_sql_matches_the_scenario_manifest():
-    parsed = defining_queries()
+    parsed = scenario_defining_queries("ecommerce")
     assert list(parsed) == list(SCENARIO.stream_table_names)
     for spec in SCENARIO.stream_tables:
         assert (parsed[spec.name]["mode"], parsed[spec.name]["schedule"]) == (spec.refresh_mode, spec.schedule)
@@ -131,29 +100,11 @@ def test_stream_tables_equal_their_defining_queries_after_a_generator_run(demo_d
     """~10 s of orders at 200/s with a flash sale and a reprice about every second, refreshed by the
     scheduler while it runs; afterwards every stream table converges to exactly its defining query."""
     db = demo_db()
-    scheduler = EmulatorScheduler(db.admin_url, tick_interval_ms=200).start() if db.engine == "emulator" else None
-    try:
-        with GeneratorProcess(
-            db.writer_url, "--rate 200 --burst-interval 1 --slow-change-every 1 --duration 10 --seed 4"
-        ) as gen:
-            assert gen.wait(30) == 0, gen.log_text()
-            committed = gen.summary()["events_committed"]
-        assert committed["order"] > 1500 and committed["flash_sale_order"] >= 8 * 6 and committed["reprice"] >= 6
-
-        queries = defining_queries()
-        deadline = time.monotonic() + 20  # catalog_price_impact refreshes every 5 s
-        while True:
-            with psycopg.connect(db.owner_url) as conn:
-                report = {name: differences(conn, name, spec["query"]) for name, spec in queries.items()}
-            if all(extra == missing == 0 for _, extra, missing in report.values()) or time.monotonic() > deadline:
-                break
-            time.sleep(0.5)
-    finally:
-        if scheduler is not None:
-            scheduler.stop()
-    for name, (rows, extra, missing) in report.items():
-        assert rows > 0, f"{name} is empty"
-        assert extra == 0 and missing == 0, f"{name}: {extra} stored rows not in its query, {missing} missing"
+    committed, report = run_generator_until_converged(
+        db, "--rate 200 --burst-interval 1 --slow-change-every 1 --duration 10 --seed 4"
+    )
+    assert committed["order"] > 1500 and committed["flash_sale_order"] >= 8 * 6 and committed["reprice"] >= 6
+    assert_converged(report)
     with psycopg.connect(db.owner_url) as conn:
         orders = conn.execute("SELECT count(*) FROM orders").fetchone()[0]
         (in_product_sales,) = conn.execute("SELECT sum(order_count) FROM product_sales").fetchone()

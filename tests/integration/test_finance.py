@@ -3,16 +3,13 @@ quotes that keep bid < mid < ask, and every stream table equal to its query afte
 
 from __future__ import annotations
 
-import time
-
 import psycopg
 import pytest
 
-from devenv.scheduler import EmulatorScheduler
 from services.common import pgtrickle
 from services.common.scenarios import get_scenario
-from tests.generator_support import GeneratorProcess
-from tests.support import scenario_defining_queries, stream_table_differences
+from tests.generator_support import assert_converged, run_generator_until_converged
+from tests.support import scenario_defining_queries
 
 SCENARIO = get_scenario("finance")
 
@@ -93,29 +90,12 @@ def test_seed_queries_run_and_return_rows(demo_db):
 @pytest.mark.slow
 def test_stream_tables_equal_their_queries_after_a_generator_run(demo_db):
     db = demo_db("finance")
-    scheduler = EmulatorScheduler(db.admin_url, tick_interval_ms=200).start() if db.engine == "emulator" else None
-    try:
-        with GeneratorProcess(
-            db.writer_url, "--scenario finance --rate 150 --burst-interval 1 --duration 8 --seed 12"
-        ) as gen:
-            assert gen.wait(30) == 0, gen.log_text()
-            committed = gen.summary()["events_committed"]
-        assert committed["trade"] > 800 and committed["algo_trade"] >= 8 * 4
-        assert committed["price_tick"] >= 6  # one per cycle by default
-        queries = scenario_defining_queries("finance")
-        deadline = time.monotonic() + 20
-        while True:
-            with psycopg.connect(db.owner_url) as conn:
-                report = {name: stream_table_differences(conn, name, q["query"]) for name, q in queries.items()}
-            if all(e == m == 0 for _, e, m in report.values()) or time.monotonic() > deadline:
-                break
-            time.sleep(0.5)
-    finally:
-        if scheduler is not None:
-            scheduler.stop()
-    for name, (rows, extra, missing) in report.items():
-        assert rows > 0, f"{name} is empty"
-        assert extra == 0 and missing == 0, f"{name}: {extra} stored rows not in its query, {missing} missing"
+    committed, report = run_generator_until_converged(
+        db, "--scenario finance --rate 150 --burst-interval 1 --duration 8 --seed 12"
+    )
+    assert committed["trade"] > 800 and committed["algo_trade"] >= 8 * 4
+    assert committed["price_tick"] >= 6  # one per cycle by default
+    assert_converged(report)
     with psycopg.connect(db.owner_url) as conn:
         assert conn.execute("SELECT count(*) FROM breach_dashboard").fetchone()[0] <= 10
         assert conn.execute("SELECT count(*) FROM market_prices WHERE NOT (bid < mid AND mid < ask)").fetchone()[0] == 0

@@ -9,12 +9,11 @@ import psycopg
 import pytest
 from psycopg import sql
 
-from devenv.scheduler import EmulatorScheduler
 from services.common import pgtrickle
 from services.common.scenarios import get_scenario
 from services.generator.scenarios import InsertTarget, load_scenario
-from tests.generator_support import GeneratorProcess
-from tests.support import scenario_defining_queries, stream_table_differences
+from tests.generator_support import assert_converged, run_generator_until_converged
+from tests.support import scenario_defining_queries
 
 SCENARIO = get_scenario("fraud")
 
@@ -154,33 +153,15 @@ def test_tier_rotation_changes_at_most_two_rows_of_merchant_tier_stats(demo_db):
 @pytest.mark.slow
 def test_stream_tables_equal_their_queries_after_a_generator_run(demo_db):
     db = demo_db("fraud")
-    scheduler = EmulatorScheduler(db.admin_url, tick_interval_ms=200).start() if db.engine == "emulator" else None
-    try:
-        with GeneratorProcess(
-            db.writer_url, "--scenario fraud --rate 150 --burst-interval 1 --slow-change-every 1 --duration 8 --seed 9"
-        ) as gen:
-            assert gen.wait(30) == 0, gen.log_text()
-            committed = gen.summary()["events_committed"]
-        assert committed["transaction"] > 800 and committed["burst_transaction"] >= 6 * 4
-        assert committed["tier_rotation"] >= 4
-        queries = scenario_defining_queries("fraud")
-        deadline = time.monotonic() + 20  # 5 s schedules must come round
-        while True:
-            with psycopg.connect(db.owner_url) as conn:
-                report = {name: stream_table_differences(conn, name, q["query"]) for name, q in queries.items()}
-                top10 = conn.execute("SELECT count(*) FROM top_10_risky_merchants").fetchone()[0]
-            if all(e == m == 0 for _, e, m in report.values()) or time.monotonic() > deadline:
-                break
-            time.sleep(0.5)
-    finally:
-        if scheduler is not None:
-            scheduler.stop()
-    for name, (rows, extra, missing) in report.items():
-        assert rows > 0, f"{name} is empty"
-        assert extra == 0 and missing == 0, f"{name}: {extra} stored rows not in its query, {missing} missing"
-    assert top10 == 10
+    committed, report = run_generator_until_converged(
+        db, "--scenario fraud --rate 150 --burst-interval 1 --slow-change-every 1 --duration 8 --seed 9"
+    )
+    assert committed["transaction"] > 800 and committed["burst_transaction"] >= 6 * 4
+    assert committed["tier_rotation"] >= 4
+    assert_converged(report)
     with psycopg.connect(db.owner_url) as conn:
         total = conn.execute("SELECT count(*) FROM transactions").fetchone()[0]
         assert total == 504 + committed["transaction"] + committed["burst_transaction"]
         assert conn.execute("SELECT sum(txn_count) FROM alert_summary").fetchone()[0] == total
         assert conn.execute("SELECT count(*) FROM merchant_tier_stats").fetchone()[0] == 15
+        assert conn.execute("SELECT count(*) FROM top_10_risky_merchants").fetchone()[0] == 10
