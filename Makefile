@@ -47,6 +47,7 @@ PROFILES    ?=
 SCENARIO    ?= ecommerce
 KIND        ?= kind
 KIND_CLUSTER ?= pg-trickle-demo
+KIND_CONFIG ?= kind-config.yaml
 HELM        ?= helm
 KUBECTL     ?= kubectl
 NAMESPACE   ?= pg-trickle-demo
@@ -81,7 +82,7 @@ kind-up: images ## kind cluster + images + helm upgrade --install with values-$(
 	@command -v $(KIND) >/dev/null || { echo "error: kind is not installed (https://kind.sigs.k8s.io)" >&2; exit 2; }
 	@command -v $(HELM) >/dev/null || { echo "error: helm is not installed" >&2; exit 2; }
 	@command -v $(KUBECTL) >/dev/null || { echo "error: kubectl is not installed" >&2; exit 2; }
-	$(KIND) get clusters 2>/dev/null | grep -qx '$(KIND_CLUSTER)' || $(KIND) create cluster --name $(KIND_CLUSTER) --config kind-config.yaml
+	$(KIND) get clusters 2>/dev/null | grep -qx '$(KIND_CLUSTER)' || $(KIND) create cluster --name $(KIND_CLUSTER) --config $(KIND_CONFIG)
 	$(DOCKER) image inspect $(PG_TRICKLE_IMAGE) >/dev/null 2>&1 || $(DOCKER) pull $(PG_TRICKLE_IMAGE)
 	$(KIND) load docker-image --name $(KIND_CLUSTER) $(PG_TRICKLE_IMAGE) $(IMAGES)
 	$(HELM) upgrade --install $(RELEASE) $(CHART) --kube-context kind-$(KIND_CLUSTER) -n $(NAMESPACE) --create-namespace \
