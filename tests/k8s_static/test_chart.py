@@ -48,9 +48,11 @@ def rendered(chart_with_dashboard):
 def test_helm_lint_is_clean_for_every_values_file():
     hp = helm()
     for name in ("values.yaml", *SCENARIO_VALUES, "values-kind.yaml"):
-        report = hp.lint(str(CHART), chart_values("values.yaml", name), strict=True, namespace="pgtd")
-        problems = [m for m in report["messages"] if m["severity"] >= 2] + report.get("errors", [])
-        assert not problems, f"{name}: {problems}"
+        for version in K8S_VERSIONS:
+            values = chart_values("values.yaml", name)
+            report = hp.lint(str(CHART), values, strict=True, namespace="pgtd", kube_version=f"v{version}.0")
+            problems = [m for m in report["messages"] if m["severity"] >= 2] + report.get("errors", [])
+            assert report["total_charts_linted"] == 1 and not problems, f"{name} on {version}: {problems}"
 
 
 @pytest.mark.parametrize("key", list(COMBINATIONS))
