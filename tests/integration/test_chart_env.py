@@ -49,6 +49,8 @@ def chart_env(kind: str, component: str, scenario: str) -> dict[str, str]:
             env[entry["name"]] = entry["value"]
         elif "secretKeyRef" in entry.get("valueFrom", {}):
             env[entry["name"]] = SECRET_VALUES[entry["valueFrom"]["secretKeyRef"]["key"]]
+        elif entry.get("valueFrom", {}).get("fieldRef", {}).get("fieldPath") == "metadata.namespace":
+            env[entry["name"]] = "pgtd"  # the downward API: the pod's namespace
         else:
             pytest.fail(f"unexpected env source {entry}")
     return env
@@ -110,3 +112,79 @@ def test_bootstrap_and_generator_run_with_the_charts_environment(pg_server, imag
     finally:
         with psycopg.connect(pg_server.admin_url, autocommit=True) as conn:
             conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(database)))
+
+
+HTTP_SERVICES = {
+    # service: (kind, variables to point it at 127.0.0.1:<free port>)
+    "dashboard": ("DASHBOARD_HOST", "DASHBOARD_PORT"),
+    "exporter": ("EXPORTER_HOST", "EXPORTER_PORT"),
+}
+
+
+@pytest.mark.parametrize("service", sorted(HTTP_SERVICES))
+def test_reader_services_get_ready_with_the_charts_environment(pg_server, demo_db, image_root, service):
+    """The dashboard and the exporter, started with the chart's variables (demo_reader, its password from the
+    Secret), turn ready against a bootstrapped database and stop on SIGTERM."""
+    import time
+    import urllib.request
+
+    if not (image_root / "services" / service / "__main__.py").exists():
+        pytest.skip(f"services.{service} is not in this branch yet")
+    db = demo_db("ecommerce")
+    env = chart_env("Deployment", service, "ecommerce")
+    assert env["PGUSER"] == "demo_reader" and "DEMO_READER_PASSWORD" in env
+    env.pop("GENERATOR_URL", None)  # the generator Service's name does not resolve here
+    host_var, port_var = HTTP_SERVICES[service]
+    port = free_port()
+    env.update(PGHOST=pg_server.host, PGPORT=str(pg_server.port), PGDATABASE=db.database)
+    env.update({host_var: "127.0.0.1", port_var: str(port)})
+    base = {k: v for k, v in os.environ.items() if k in {"PATH", "HOME", "LANG", "TMPDIR"}}
+    base["DEMO_SQL_DIR"] = str(image_root / "sql")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", f"services.{service}"],
+        cwd=image_root,
+        env={**base, **env},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        deadline, status = time.monotonic() + 60, None
+        while time.monotonic() < deadline and proc.poll() is None:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=3) as response:
+                    status = response.status
+                    break
+            except OSError:
+                time.sleep(0.5)
+        assert status == 200, f"{service} never became ready"
+    finally:
+        proc.terminate()
+        try:
+            output, _ = proc.communicate(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            output, _ = proc.communicate()
+    assert status == 200, output[-3000:]
+    assert proc.returncode == 0, output[-3000:]
+
+
+def test_operator_reads_the_charts_environment(image_root):
+    """The operator's settings from the chart's variables: its namespace (downward API), port, owner role."""
+    if not (image_root / "services" / "operator" / "config.py").exists():
+        pytest.skip("services.operator is not in this branch yet")
+    env = chart_env("Deployment", "operator", "finance")
+    env.update(PGHOST="127.0.0.1", PGPORT="5432")
+    code = (
+        "from services.operator.config import load_config; c = load_config(); "
+        "from psycopg.conninfo import conninfo_to_dict as d; p = d(c.conninfo); "
+        "print(c.namespace, c.health_port, c.sync_interval, c.scenario, p['user'], p['dbname'], p['password'])"
+    )
+    base = {k: v for k, v in os.environ.items() if k in {"PATH", "HOME", "LANG", "TMPDIR"}}
+    result = subprocess.run(
+        [sys.executable, "-c", code], cwd=image_root, env={**base, **env}, capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == [
+        "pgtd", "8081", "10.0", "finance", "demo", "finance_demo", TEST_PASSWORDS["DEMO_PASSWORD"]
+    ]  # fmt: skip
