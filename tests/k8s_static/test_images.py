@@ -39,7 +39,7 @@ def test_dockerfile_shape(name):
     for label in ("title", "description", "version", "revision", "licenses"):
         assert f"org.opencontainers.image.{label}=" in text
     assert f'ENTRYPOINT ["python", "-m", "services.{name}"]' in text
-    assert "DEMO_SQL_DIR=/app/sql" in text and "COPY sql ./app/sql" in text
+    assert "DEMO_SQL_DIR=/app/sql" in text and "COPY sql /app/sql" in text
     if name in SERVICE_PORTS:
         port = SERVICE_PORTS[name]
         assert f"EXPOSE {port}\n" in text
