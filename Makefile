@@ -4,7 +4,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: install test test-real lint preview bench clean
+.PHONY: install test test-real lint preview bench clean images up down manifests kind-up kind-down test-kind lint-docker print-images
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -33,3 +33,67 @@ bench: $(STAMP) ## benchmarks under tests/bench (print figures; not part of make
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache test-output .preview
+
+# -- containers, compose, Kubernetes ----------------------------------------------------------------------
+CHART       := helm/pg-trickle-demo
+VERSION     := $(shell sed -n 's/^appVersion: *"\{0,1\}\([^"]*\)"\{0,1\}/\1/p' $(CHART)/Chart.yaml)
+IMAGE_REPO  ?= pg-trickle-demo
+SERVICES    := bootstrap generator dashboard exporter operator
+IMAGES      := $(foreach s,$(SERVICES),$(IMAGE_REPO)/$(s):$(VERSION))
+PG_TRICKLE_IMAGE ?= ghcr.io/trickle-labs/pg_trickle:0.67.0-pg18.3
+DOCKER      ?= docker
+COMPOSE     ?= $(DOCKER) compose
+PROFILES    ?=
+SCENARIO    ?= $(or $(DEMO_SCENARIO),ecommerce)
+KIND        ?= kind
+KIND_CLUSTER ?= pg-trickle-demo
+KIND_CONFIG ?= kind-config.yaml
+HELM        ?= helm
+KUBECTL     ?= kubectl
+NAMESPACE   ?= pg-trickle-demo
+RELEASE     ?= demo
+
+images: ## build the five service images as $(IMAGE_REPO)/<service>:$(VERSION)
+	@for s in $(SERVICES); do \
+	  echo "building $(IMAGE_REPO)/$$s:$(VERSION)"; \
+	  $(DOCKER) build -f services/$$s/Dockerfile -t $(IMAGE_REPO)/$$s:$(VERSION) \
+	    --build-arg VERSION=$(VERSION) --build-arg REVISION=$$(git rev-parse --short HEAD 2>/dev/null || echo unknown) . || exit 1; \
+	done
+
+up: ## docker compose up (writes .env with random passwords when missing); PROFILES=monitoring adds Prometheus+Grafana
+	$(PYTHON) -m devenv.dotenv .env
+	$(COMPOSE) $(if $(PROFILES),--profile $(PROFILES)) up -d --build
+	@echo "dashboard http://localhost:8080  exporter http://localhost:9188/metrics  generator http://localhost:8000/control"
+	@$(if $(PROFILES),echo "prometheus http://localhost:9090  grafana http://localhost:3000 (anonymous viewer; admin password in .env)")
+
+down: ## docker compose down (keeps the volumes; add -v yourself to wipe them)
+	$(COMPOSE) --profile monitoring down
+
+manifests: $(STAMP) ## render k8s/ (plain manifests and kustomize base/overlays) from the chart
+	$(PY) -m devenv.manifests
+
+lint-docker: $(STAMP) ## hadolint every Dockerfile
+	$(VENV)/bin/hadolint services/*/Dockerfile
+
+print-images: ## the image names make images builds (and make kind-up loads)
+	@echo $(PG_TRICKLE_IMAGE) $(IMAGES)
+
+kind-up: images ## kind cluster + images + helm upgrade --install with values-$(SCENARIO).yaml, wait, print URLs
+	@command -v $(KIND) >/dev/null || { echo "error: kind is not installed (https://kind.sigs.k8s.io)" >&2; exit 2; }
+	@command -v $(HELM) >/dev/null || { echo "error: helm is not installed" >&2; exit 2; }
+	@command -v $(KUBECTL) >/dev/null || { echo "error: kubectl is not installed" >&2; exit 2; }
+	$(KIND) get clusters 2>/dev/null | grep -qx '$(KIND_CLUSTER)' || $(KIND) create cluster --name $(KIND_CLUSTER) --config $(KIND_CONFIG)
+	$(DOCKER) image inspect $(PG_TRICKLE_IMAGE) >/dev/null 2>&1 || $(DOCKER) pull $(PG_TRICKLE_IMAGE)
+	$(KIND) load docker-image --name $(KIND_CLUSTER) $(PG_TRICKLE_IMAGE) $(IMAGES)
+	$(HELM) upgrade --install $(RELEASE) $(CHART) --kube-context kind-$(KIND_CLUSTER) -n $(NAMESPACE) --create-namespace \
+	  -f $(CHART)/values-$(SCENARIO).yaml -f $(CHART)/values-kind.yaml --timeout 10m
+	@for d in generator dashboard exporter operator; do \
+	  $(KUBECTL) --context kind-$(KIND_CLUSTER) -n $(NAMESPACE) rollout status deployment/$(RELEASE)-pg-trickle-demo-$$d --timeout=300s || exit 1; \
+	done
+	@echo "dashboard http://localhost:8080  exporter http://localhost:9188/metrics  generator http://localhost:8000/control"
+
+kind-down: ## delete the kind cluster
+	$(KIND) delete cluster --name $(KIND_CLUSTER)
+
+test-kind: $(STAMP) ## opt-in: kind cluster, install, check data and refreshes, uninstall (skips without Docker/kind/helm)
+	$(PY) -m pytest tests/kind -m k8s -p no:cacheprovider $(PYTEST_ARGS)

