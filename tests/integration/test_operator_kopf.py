@@ -1,0 +1,209 @@
+"""The operator end to end: kopf (in-process, standalone, the real handlers) against kmock's in-process
+Kubernetes API, and PostgreSQL 18 + the engine behind it. Apply a StreamTable -> the stream table exists
+and its status is filled; change the schedule -> altered; a bad query -> Degraded with the database's
+message; delete -> dropped or retained per deletionPolicy."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import uuid
+from collections.abc import Callable
+from typing import Any
+
+import aiohttp
+import kmock as kmock_lib
+import kopf
+import psycopg
+import pytest
+import pytest_asyncio
+from psycopg.conninfo import conninfo_to_dict
+
+from devenv.postgres import free_port
+from services.common import pgtrickle
+from services.operator.config import OperatorConfig
+from services.operator.handlers import Databases, build_registry, make_settings
+from services.operator.spec import FINALIZER
+from tests.unit.test_operator_crd import VALIDATOR
+
+NAMESPACE = "demo"
+RESOURCE = "pgtrickle.io/v1alpha1/streamtables"
+BASE = f"/apis/pgtrickle.io/v1alpha1/namespaces/{NAMESPACE}/streamtables"
+QUERY = "SELECT c.country, COUNT(*) AS customers FROM customers c GROUP BY c.country"
+WAIT_S = 20.0
+
+
+def streamtable(name: str, **spec: Any) -> dict:
+    return {
+        "apiVersion": "pgtrickle.io/v1alpha1",
+        "kind": "StreamTable",
+        # kmock keeps neither resourceVersion nor uid; kopf's JSON-patches test the former
+        "metadata": {"name": name, "namespace": NAMESPACE, "generation": 1, "resourceVersion": "1", "uid": name},
+        "spec": spec,
+    }
+
+
+async def eventually(check: Callable[[], Any], what: str, timeout: float = WAIT_S) -> Any:
+    """Polls `check` (sync; run in a thread so the operator's loop keeps going) until it returns a truthy value."""
+    deadline = time.monotonic() + timeout
+    last = None
+    while time.monotonic() < deadline:
+        last = await asyncio.to_thread(check)
+        if last:
+            return last
+        await asyncio.sleep(0.2)
+    raise AssertionError(f"timed out waiting for {what}; last seen: {last!r}")
+
+
+class Emulator(kmock_lib.KubernetesEmulator):
+    """kmock's Kubernetes emulator, plus metadata.generateName (kopf names its Events that way)."""
+
+    async def _handle(self, request):
+        if request.action == kmock_lib.action.CREATE and isinstance(request.data, dict):
+            meta = request.data.setdefault("metadata", {})
+            if not meta.get("name") and meta.get("generateName"):
+                meta["name"] = f"{meta['generateName']}{uuid.uuid4().hex[:10]}"
+        return await super()._handle(request)
+
+
+@pytest_asyncio.fixture
+async def k8s():
+    async with Emulator() as emulator, kmock_lib.Server(emulator):
+        yield emulator
+
+
+@pytest.fixture
+def ecommerce(demo_db):
+    return demo_db("ecommerce")
+
+
+def condition(obj: dict, kind: str) -> dict:
+    return next((c for c in obj.get("status", {}).get("conditions", []) if c["type"] == kind), {})
+
+
+@pytest.mark.asyncio
+@pytest.mark.timeout(180)
+async def test_operator_against_kmock(k8s: Emulator, ecommerce, caplog):
+    caplog.set_level(logging.INFO)
+    k8s.resources[RESOURCE] = kmock_lib.ResourceInfo(
+        kind="StreamTable", namespaced=True, subresources={"status"}, verbs={"list", "watch", "patch"}
+    )
+    k8s.resources["v1/events"] = kmock_lib.ResourceInfo(kind="Event", namespaced=True, verbs={"create"})
+    k8s.resources["v1/namespaces"] = kmock_lib.ResourceInfo(kind="Namespace", namespaced=False)
+
+    health_port = free_port()
+    config = OperatorConfig(
+        scenario="ecommerce",
+        namespace=NAMESPACE,
+        health_port=health_port,
+        sync_interval=1.0,
+        conninfo=ecommerce.owner_url,
+        default_database=conninfo_to_dict(ecommerce.owner_url)["dbname"],
+        log_level="INFO",
+    )
+    databases = Databases(config)
+    registry = build_registry(config, databases)
+
+    @kopf.on.login(registry=registry)
+    def login(**_):
+        return kopf.ConnectionInfo(server=str(k8s.url), insecure=True)
+
+    def obj(name: str) -> dict:
+        try:
+            found = k8s.objects[RESOURCE, NAMESPACE, name]
+        except KeyError:
+            return {}
+        return {} if found.deleted else found.raw
+
+    def table(name: str):
+        with psycopg.connect(ecommerce.owner_url, autocommit=True) as conn:
+            return pgtrickle.find_stream_table(conn, name)
+
+    async def patch(name: str, body: dict) -> None:
+        headers = {"Content-Type": "application/merge-patch+json"}
+        async with k8s.patch(f"{BASE}/{name}", json=body, headers=headers) as response:
+            assert response.status == 200, await response.text()
+
+    stop = asyncio.Event()
+    operator = asyncio.create_task(
+        kopf.operator(
+            registry=registry,
+            settings=make_settings(),
+            standalone=True,
+            namespaces=[NAMESPACE],
+            liveness_endpoint=f"http://127.0.0.1:{health_port}/healthz",
+            stop_flag=stop,
+        )
+    )
+    try:
+        if True:
+            # apply -> created, finalizer set, status filled
+            async with k8s.post(BASE, json=streamtable("country-counts", query=QUERY, schedule="1s")) as response:
+                assert response.status == 200, await response.text()
+            ready = await eventually(
+                lambda: condition(obj("country-counts"), "Ready").get("status") == "True" and obj("country-counts"),
+                "Ready=True on country-counts",
+            )
+            created = table("country_counts")
+            assert (created.schedule, created.status) == ("1s", "ACTIVE")
+            assert FINALIZER in ready["metadata"]["finalizers"]
+            status = ready["status"]
+            assert status["managed"] is True
+            assert status["sqlName"] == "public.country_counts"
+            assert status["engineStatus"] == "ACTIVE"
+            assert status["effectiveRefreshMode"] == "DIFFERENTIAL" or ecommerce.engine != "emulator"
+            assert status["schedule"] == "1s" and status["consecutiveErrors"] == 0
+            assert status["lastRefresh"] and status["staleness"]
+            assert list(VALIDATOR.iter_errors(ready)) == []  # what the operator writes fits the CRD
+
+            # change the schedule -> altered in place
+            await patch("country-counts", {"metadata": {"generation": 2}, "spec": {"schedule": "5m"}})
+            await eventually(lambda: table("country_counts").schedule == "5m", "schedule altered to 5m")
+            assert table("country_counts").pgt_id == created.pgt_id
+            await eventually(lambda: obj("country-counts")["status"].get("schedule") == "5m", "status.schedule 5m")
+
+            # a bad query -> Degraded with the database's own message; nothing created
+            async with k8s.post(BASE, json=streamtable("broken", query="SELEKT 1")) as response:
+                assert response.status == 200
+            degraded = await eventually(
+                lambda: (
+                    condition(obj("broken"), "Degraded").get("status") == "True"
+                    and condition(obj("broken"), "Degraded")
+                ),
+                "Degraded=True on broken",
+            )
+            assert degraded["reason"] == "DatabaseError"
+            assert 'syntax error at or near "SELEKT"' in degraded["message"]
+            assert condition(obj("broken"), "Ready")["status"] == "False"
+            assert table("broken") is None
+
+            # fixing the query heals it
+            await patch("broken", {"metadata": {"generation": 2}, "spec": {"query": QUERY}})
+            await eventually(lambda: condition(obj("broken"), "Ready").get("status") == "True", "broken healed")
+
+            # liveness endpoint answers while the operator runs
+            async with aiohttp.ClientSession() as http, http.get(f"http://127.0.0.1:{health_port}/healthz") as rsp:
+                assert rsp.status == 200
+
+            # delete: Delete drops, Retain keeps
+            await patch("broken", {"spec": {"deletionPolicy": "Retain"}})
+            await asyncio.sleep(0.5)
+            for name in ("country-counts", "broken"):
+                async with k8s.delete(f"{BASE}/{name}") as response:
+                    assert response.status == 200
+            await eventually(lambda: not obj("country-counts") and not obj("broken"), "both resources released")
+            assert table("country_counts") is None
+            assert table("broken") is not None  # deletionPolicy: Retain
+
+            events = [o.raw for (res, _, _), o in k8s.objects.items() if res == kmock_lib.resource("v1/events")]
+            reasons = {(e.get("involvedObject", {}).get("name"), e.get("reason")) for e in events}
+            assert ("country-counts", "Created") in reasons
+            assert ("country-counts", "Altered") in reasons
+            assert ("country-counts", "Dropped") in reasons
+            assert ("broken", "DatabaseError") in reasons
+            assert ("broken", "Retained") in reasons
+    finally:
+        stop.set()
+        await asyncio.wait_for(operator, timeout=15)
+        databases.close()
