@@ -120,8 +120,13 @@ def _reason(action: str) -> str:
     }.get(verb, "Reconciled")
 
 
-def build_registry(config: OperatorConfig, databases: Databases) -> kopf.OperatorRegistry:
+def build_registry(
+    config: OperatorConfig, databases: Databases, *, login: Callable[..., Any] | None = None
+) -> kopf.OperatorRegistry:
+    """The operator's handlers. `login`: how to reach the Kubernetes API; by default kopf.login_via_client
+    (the pod's service account in a cluster, else the kubeconfig), what `kopf run` would pick."""
     registry = kopf.OperatorRegistry()
+    kopf.on.login(registry=registry)(login or kopf.login_via_client)
     on = {"group": GROUP, "version": VERSION, "plural": PLURAL, "registry": registry}
     retry_delay = config.sync_interval
 

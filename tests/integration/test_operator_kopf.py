@@ -7,17 +7,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
-import uuid
-from collections.abc import Callable
-from typing import Any
 
 import aiohttp
 import kmock as kmock_lib
 import kopf
 import psycopg
 import pytest
-import pytest_asyncio
 from psycopg.conninfo import conninfo_to_dict
 
 from devenv.postgres import free_port
@@ -25,52 +20,18 @@ from services.common import pgtrickle
 from services.operator.config import OperatorConfig
 from services.operator.handlers import Databases, build_registry, make_settings
 from services.operator.spec import FINALIZER
+from tests.operator_support import (  # noqa: F401 - k8s_api is the fixture `k8s`
+    BASE,
+    NAMESPACE,
+    QUERY,
+    RESOURCE,
+    Emulator,
+    condition,
+    eventually,
+    k8s_api,
+    streamtable,
+)
 from tests.unit.test_operator_crd import VALIDATOR
-
-NAMESPACE = "demo"
-RESOURCE = "pgtrickle.io/v1alpha1/streamtables"
-BASE = f"/apis/pgtrickle.io/v1alpha1/namespaces/{NAMESPACE}/streamtables"
-QUERY = "SELECT c.country, COUNT(*) AS customers FROM customers c GROUP BY c.country"
-WAIT_S = 20.0
-
-
-def streamtable(name: str, **spec: Any) -> dict:
-    return {
-        "apiVersion": "pgtrickle.io/v1alpha1",
-        "kind": "StreamTable",
-        # kmock keeps neither resourceVersion nor uid; kopf's JSON-patches test the former
-        "metadata": {"name": name, "namespace": NAMESPACE, "generation": 1, "resourceVersion": "1", "uid": name},
-        "spec": spec,
-    }
-
-
-async def eventually(check: Callable[[], Any], what: str, timeout: float = WAIT_S) -> Any:
-    """Polls `check` (sync; run in a thread so the operator's loop keeps going) until it returns a truthy value."""
-    deadline = time.monotonic() + timeout
-    last = None
-    while time.monotonic() < deadline:
-        last = await asyncio.to_thread(check)
-        if last:
-            return last
-        await asyncio.sleep(0.2)
-    raise AssertionError(f"timed out waiting for {what}; last seen: {last!r}")
-
-
-class Emulator(kmock_lib.KubernetesEmulator):
-    """kmock's Kubernetes emulator, plus metadata.generateName (kopf names its Events that way)."""
-
-    async def _handle(self, request):
-        if request.action == kmock_lib.action.CREATE and isinstance(request.data, dict):
-            meta = request.data.setdefault("metadata", {})
-            if not meta.get("name") and meta.get("generateName"):
-                meta["name"] = f"{meta['generateName']}{uuid.uuid4().hex[:10]}"
-        return await super()._handle(request)
-
-
-@pytest_asyncio.fixture
-async def k8s():
-    async with Emulator() as emulator, kmock_lib.Server(emulator):
-        yield emulator
 
 
 @pytest.fixture
@@ -78,19 +39,10 @@ def ecommerce(demo_db):
     return demo_db("ecommerce")
 
 
-def condition(obj: dict, kind: str) -> dict:
-    return next((c for c in obj.get("status", {}).get("conditions", []) if c["type"] == kind), {})
-
-
 @pytest.mark.asyncio
 @pytest.mark.timeout(180)
 async def test_operator_against_kmock(k8s: Emulator, ecommerce, caplog):
     caplog.set_level(logging.INFO)
-    k8s.resources[RESOURCE] = kmock_lib.ResourceInfo(
-        kind="StreamTable", namespaced=True, subresources={"status"}, verbs={"list", "watch", "patch"}
-    )
-    k8s.resources["v1/events"] = kmock_lib.ResourceInfo(kind="Event", namespaced=True, verbs={"create"})
-    k8s.resources["v1/namespaces"] = kmock_lib.ResourceInfo(kind="Namespace", namespaced=False)
 
     health_port = free_port()
     config = OperatorConfig(
@@ -103,11 +55,9 @@ async def test_operator_against_kmock(k8s: Emulator, ecommerce, caplog):
         log_level="INFO",
     )
     databases = Databases(config)
-    registry = build_registry(config, databases)
-
-    @kopf.on.login(registry=registry)
-    def login(**_):
-        return kopf.ConnectionInfo(server=str(k8s.url), insecure=True)
+    registry = build_registry(
+        config, databases, login=lambda **_: kopf.ConnectionInfo(server=str(k8s.url), insecure=True)
+    )
 
     def obj(name: str) -> dict:
         try:
@@ -182,6 +132,26 @@ async def test_operator_against_kmock(k8s: Emulator, ecommerce, caplog):
             await patch("broken", {"metadata": {"generation": 2}, "spec": {"query": QUERY}})
             await eventually(lambda: condition(obj("broken"), "Ready").get("status") == "True", "broken healed")
 
+            # a query over a stream table not yet created: Degraded (DependencyMissing), retried until it exists
+            downstream = streamtable(
+                "busiest", query="SELECT country FROM upstream_counts ORDER BY customers DESC LIMIT 3"
+            )
+            async with k8s.post(BASE, json=downstream) as response:
+                assert response.status == 200
+            waiting = await eventually(
+                lambda: (
+                    condition(obj("busiest"), "Degraded").get("reason") == "DependencyMissing"
+                    and condition(obj("busiest"), "Degraded")
+                ),
+                "busiest waiting for its dependency",
+            )
+            assert waiting["status"] == "True" and "upstream_counts" in waiting["message"]
+            async with k8s.post(BASE, json=streamtable("upstream-counts", query=QUERY)) as response:
+                assert response.status == 200
+            await eventually(lambda: condition(obj("busiest"), "Ready").get("status") == "True", "busiest created")
+            assert condition(obj("busiest"), "Degraded")["status"] == "False"
+            assert table("busiest") is not None
+
             # liveness endpoint answers while the operator runs
             async with aiohttp.ClientSession() as http, http.get(f"http://127.0.0.1:{health_port}/healthz") as rsp:
                 assert rsp.status == 200
@@ -189,12 +159,16 @@ async def test_operator_against_kmock(k8s: Emulator, ecommerce, caplog):
             # delete: Delete drops, Retain keeps
             await patch("broken", {"spec": {"deletionPolicy": "Retain"}})
             await asyncio.sleep(0.5)
-            for name in ("country-counts", "broken"):
+            for name in ("country-counts", "broken", "busiest", "upstream-counts"):
                 async with k8s.delete(f"{BASE}/{name}") as response:
                     assert response.status == 200
-            await eventually(lambda: not obj("country-counts") and not obj("broken"), "both resources released")
+            await eventually(
+                lambda: not any(obj(n) for n in ("country-counts", "broken", "busiest", "upstream-counts")),
+                "all resources released",
+            )
             assert table("country_counts") is None
             assert table("broken") is not None  # deletionPolicy: Retain
+            assert table("busiest") is None and table("upstream_counts") is None
 
             events = [o.raw for (res, _, _), o in k8s.objects.items() if res == kmock_lib.resource("v1/events")]
             reasons = {(e.get("involvedObject", {}).get("name"), e.get("reason")) for e in events}
