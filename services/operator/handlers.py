@@ -83,8 +83,9 @@ def make_settings() -> kopf.OperatorSettings:
     # Resources are discovered once at start-up (the chart installs the CRD first) and only the configured
     # namespace is served: no cluster-wide list/watch of namespaces or CRDs, so a namespaced Role suffices.
     settings.scanning.disabled = True
-    # kopf's own per-handler events only for problems; ours are posted explicitly (see _event).
-    settings.posting.level = logging.WARNING
+    # No Events from kopf's log lines (a retried handler would post one per retry); ours are posted
+    # explicitly, a Warning once per new problem (see _event).
+    settings.posting.level = logging.CRITICAL
     settings.watching.server_timeout = 300
     settings.networking.request_timeout = 60
     return settings

@@ -113,6 +113,16 @@ async def test_operator_against_kmock(k8s: Emulator, ecommerce, caplog):
             assert table("country_counts").pgt_id == created.pgt_id
             await eventually(lambda: obj("country-counts")["status"].get("schedule") == "5m", "status.schedule 5m")
 
+            # suspend and resume
+            await patch("country-counts", {"metadata": {"generation": 3}, "spec": {"suspend": True}})
+            await eventually(lambda: table("country_counts").status == "SUSPENDED", "suspended")
+            await eventually(
+                lambda: condition(obj("country-counts"), "Ready").get("reason") == "Suspended", "Ready/Suspended"
+            )
+            await patch("country-counts", {"metadata": {"generation": 4}, "spec": {"suspend": False}})
+            await eventually(lambda: table("country_counts").status == "ACTIVE", "resumed")
+            await eventually(lambda: condition(obj("country-counts"), "Ready").get("status") == "True", "Ready again")
+
             # a bad query -> Degraded with the database's own message; nothing created
             async with k8s.post(BASE, json=streamtable("broken", query="SELEKT 1")) as response:
                 assert response.status == 200
@@ -177,6 +187,11 @@ async def test_operator_against_kmock(k8s: Emulator, ecommerce, caplog):
             assert ("country-counts", "Dropped") in reasons
             assert ("broken", "DatabaseError") in reasons
             assert ("broken", "Retained") in reasons
+            assert ("country-counts", "Suspended") in reasons and ("country-counts", "Resumed") in reasons
+            waits = [
+                e for e in events if e.get("involvedObject", {}).get("name") == "busiest" and e["type"] == "Warning"
+            ]
+            assert [e["reason"] for e in waits] == ["DependencyMissing"]  # once, not once per retry
     finally:
         stop.set()
         await asyncio.wait_for(operator, timeout=15)
