@@ -218,3 +218,22 @@ def test_engine_errors_become_degraded_with_the_refresh_message(owner):
     cond = conditions(outcome, spec(name="op_fragile"))
     assert cond["Degraded"]["status"] == "True"
     assert "country" in cond["Degraded"]["message"]
+
+
+@pytest.mark.parametrize("scenario", ["ecommerce", "fraud", "finance"])
+def test_examples_apply_to_their_scenario(demo_db, scenario):
+    import yaml
+
+    from tests.support import ROOT
+
+    db = demo_db(scenario)
+    documents = [
+        d for d in yaml.safe_load_all((ROOT / "examples" / "streamtables" / f"{scenario}.yaml").read_text()) if d
+    ]
+    with psycopg.connect(db.owner_url, autocommit=True) as conn:
+        for document in documents:
+            desired = parse_spec(document["spec"], document["metadata"]["name"])
+            outcome = reconcile.apply(conn, desired, managed=False)
+            assert outcome.problem is None, outcome.problem
+            assert conditions(outcome, desired)["Ready"]["status"] == "True"
+            assert stream_table_differences(conn, desired.name, desired.query)[1:] == (0, 0)
