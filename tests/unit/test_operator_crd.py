@@ -7,9 +7,12 @@ import copy
 import re
 from typing import Any
 
+import celpy
 import jsonschema
+import kubernetes_validate
 import pytest
 import yaml
+from celpy import celtypes
 
 from services.operator import spec as st_spec
 from tests.support import ROOT
@@ -70,7 +73,6 @@ def resource(spec: dict | None = None, **top) -> dict:
 
 
 def test_crd_is_a_valid_apiextensions_object():
-    kubernetes_validate = pytest.importorskip("kubernetes_validate")
     kubernetes_validate.validate(copy.deepcopy(CRD), "1.33", strict=True)
     assert CRD["metadata"]["name"] == f"{st_spec.PLURAL}.{st_spec.GROUP}"
     assert CRD["spec"]["group"] == st_spec.GROUP
@@ -161,3 +163,58 @@ def test_invalid_specs_are_rejected_by_schema_and_operator(spec, field):
 
 def test_a_resource_without_spec_is_rejected():
     assert list(VALIDATOR.iter_errors(resource()))
+
+
+# -- CEL rules, evaluated with cel-python (Kubernetes' string extensions lowerAscii/trim supplied here) ------
+
+
+def cel_rule(rule: str):
+    functions = {
+        "lowerAscii": lambda s: celtypes.StringType(str(s).lower()),
+        "trim": lambda s: celtypes.StringType(str(s).strip()),
+    }
+    env = celpy.Environment()
+    program = env.program(env.compile(rule), functions=functions)
+
+    def evaluate(new: dict, old: dict | None = None) -> bool:
+        activation = {"self": celpy.json_to_cel(new)}
+        if old is not None:
+            activation["oldSelf"] = celpy.json_to_cel(old)
+        return bool(program.evaluate(activation))
+
+    return evaluate
+
+
+SPEC_RULES = {r["message"]: r["rule"] for r in SCHEMA["properties"]["spec"]["x-kubernetes-validations"]}
+
+
+def spec_rule(start: str):
+    [rule] = [rule for message, rule in SPEC_RULES.items() if message.startswith(start)]
+    return cel_rule(rule)
+
+
+def test_cel_name_and_database_are_immutable():
+    name = spec_rule("spec.name is immutable")
+    assert name({"query": "q", "name": "a"}, {"query": "q", "name": "a"})
+    assert name({"query": "q"}, {"query": "q"})
+    assert not name({"query": "q", "name": "b"}, {"query": "q", "name": "a"})
+    assert not name({"query": "q", "name": "b"}, {"query": "q"})
+    assert not name({"query": "q"}, {"query": "q", "name": "a"})
+    database = spec_rule("spec.database is immutable")
+    assert database({"query": "q", "database": "x"}, {"query": "q", "database": "x"})
+    assert not database({"query": "q", "database": "y"}, {"query": "q", "database": "x"})
+
+
+def test_cel_immediate_takes_no_schedule():
+    immediate = spec_rule("IMMEDIATE")
+    assert immediate({"query": "q", "refreshMode": "IMMEDIATE", "schedule": "Calculated"})
+    assert immediate({"query": "q", "refreshMode": "IMMEDIATE"})
+    assert immediate({"query": "q", "refreshMode": "FULL", "schedule": "5s"})
+    assert not immediate({"query": "q", "refreshMode": "IMMEDIATE", "schedule": "5s"})
+
+
+def test_cel_query_must_not_be_blank():
+    [rule] = SCHEMA["properties"]["spec"]["properties"]["query"]["x-kubernetes-validations"]
+    blank = cel_rule(rule["rule"])
+    assert blank("SELECT 1")
+    assert not blank("  \n ")
