@@ -38,6 +38,13 @@ class StreamTable:
     data_timestamp: datetime | None
     last_refresh_at: datetime | None
     defining_query: str
+    # The query as the user gave it: pg_trickle stores TopK queries in defining_query without their
+    # ORDER BY ... LIMIT (reference section 5), so definitions are compared with this one.
+    original_query: str | None = None
+
+    @property
+    def user_query(self) -> str:
+        return self.original_query or self.defining_query
 
     @property
     def qualified_name(self) -> str:
@@ -172,7 +179,7 @@ def engine_of(version_text: str) -> str:
 
 _STREAM_TABLES = """
 SELECT pgt_id, pgt_schema, pgt_name, refresh_mode, schedule, status, is_populated,
-       consecutive_errors, data_timestamp, last_refresh_at, defining_query
+       consecutive_errors, data_timestamp, last_refresh_at, defining_query, original_query
   FROM pgtrickle.pgt_stream_tables
 """
 

@@ -98,7 +98,7 @@ def observe(conn: psycopg.Connection, name: str) -> Observation | None:
 
 def definition_matches(spec: StreamTableSpec, table: pgtrickle.StreamTable) -> bool:
     """Adoption rule: the same query (up to whitespace), and the same refresh mode unless AUTO is asked."""
-    if not same_query(spec.query, table.defining_query):
+    if not same_query(spec.query, table.user_query):
         return False
     return spec.refresh_mode == "AUTO" or spec.refresh_mode == table.refresh_mode
 
@@ -156,14 +156,14 @@ def _apply(conn: psycopg.Connection, spec: StreamTableSpec, out: Outcome) -> Non
             out.problem = Problem(
                 "NameConflict",
                 f"stream table {existing.qualified_name} already exists with a different definition "
-                f"({existing.refresh_mode}: {' '.join(existing.defining_query.split())[:200]}); not adopted",
+                f"({existing.refresh_mode}: {' '.join(existing.user_query.split())[:200]}); not adopted",
                 retryable=False,
             )
             return
         out.managed = True
         out.actions.append(f"adopted existing stream table {existing.qualified_name} (same definition)")
 
-    if not same_query(spec.query, existing.defining_query):
+    if not same_query(spec.query, existing.user_query):
         if pgtrickle.has_dependents(conn, existing.pgt_id):
             pgtrickle.alter_stream_table(conn, spec.name, query=spec.query)
             out.actions.append(f"altered the query of {existing.qualified_name} in place (other stream tables read it)")

@@ -237,3 +237,18 @@ def test_examples_apply_to_their_scenario(demo_db, scenario):
             assert outcome.problem is None, outcome.problem
             assert conditions(outcome, desired)["Ready"]["status"] == "True"
             assert stream_table_differences(conn, desired.name, desired.query)[1:] == (0, 0)
+
+
+def test_topk_definitions_compare_with_the_query_as_given(owner):
+    """pg_trickle keeps a TopK query's ORDER BY ... LIMIT out of defining_query (original_query has it):
+    an unchanged spec must not look like a changed query."""
+    topk = parse_spec({"name": "op_top", "query": f"{QUERY} ORDER BY customers DESC, country LIMIT 3"}, "x")
+    assert reconcile.apply(owner, topk, managed=False).problem is None
+    owner.execute("UPDATE pgtrickle.pgt_stream_tables SET defining_query = %s WHERE pgt_name = 'op_top'", (QUERY,))
+    before = pgtrickle.find_stream_table(owner, "op_top")
+    assert before.defining_query == QUERY and before.user_query == topk.query
+    assert reconcile.apply(owner, topk, managed=True).actions == []
+    assert reconcile.apply(owner, topk, managed=False).actions == [
+        "adopted existing stream table public.op_top (same definition)"
+    ]
+    assert pgtrickle.find_stream_table(owner, "op_top").pgt_id == before.pgt_id
