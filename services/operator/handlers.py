@@ -84,7 +84,7 @@ def make_settings() -> kopf.OperatorSettings:
     # namespace is served: no cluster-wide list/watch of namespaces or CRDs, so a namespaced Role suffices.
     settings.scanning.disabled = True
     # No Events from kopf's log lines (a retried handler would post one per retry); ours are posted
-    # explicitly, a Warning once per new problem (see _event).
+    # explicitly, a Warning once per new problem (see _report).
     settings.posting.level = logging.CRITICAL
     settings.watching.server_timeout = 300
     settings.networking.request_timeout = 60
@@ -95,15 +95,23 @@ def _now() -> datetime:
     return datetime.now(UTC)
 
 
-def _event(body: Any, outcome: Outcome, previous: Mapping[str, Any] | None) -> None:
+def _report(body: Any, outcome: Outcome, previous: Mapping[str, Any] | None) -> None:
+    """One Normal Event (and an INFO log line) per action; a Warning Event once per new problem."""
+    meta = body.get("metadata", {})
+    where = {"namespace": meta.get("namespace"), "resource": meta.get("name")}
     for action in outcome.actions:
         kopf.event(body, type="Normal", reason=_reason(action), message=action)
+        log.info(action, extra={"fields": where})
     problem = outcome.problem
     if problem is None:
         return
     degraded = next((c for c in (previous or {}).get("conditions", []) if c.get("type") == "Degraded"), {})
     if degraded.get("reason") != problem.reason or degraded.get("message") != problem.message:
         kopf.event(body, type="Warning", reason=problem.reason, message=problem.message)
+        log.warning(
+            problem.message,
+            extra={"fields": {**where, "reason": problem.reason, "retry": problem.retryable}},
+        )
 
 
 def _reason(action: str) -> str:
@@ -164,7 +172,7 @@ def build_registry(
     @kopf.on.create(**on)
     @kopf.on.update(**on, field="spec")
     @kopf.on.resume(**on)
-    def apply_spec(body, spec, meta, status, patch, logger, **_):
+    def apply_spec(body, spec, meta, status, patch, **_):
         """Create / alter / replace / suspend / resume so that the stream table matches the spec."""
         try:
             desired = parse_spec(spec, meta["name"])
@@ -183,16 +191,13 @@ def build_registry(
             managed=managed,
         )
         write(patch, desired, outcome, meta, status)
-        _event(body, outcome, status)
-        for action in outcome.actions:
-            logger.info(action)
-        if outcome.problem is not None:
-            logger.warning(f"{outcome.problem.reason}: {outcome.problem.message}")
-            if outcome.problem.retryable:
-                raise kopf.TemporaryError(outcome.problem.message, delay=retry_delay)
+        _report(body, outcome, status)
+        if outcome.problem is not None and outcome.problem.retryable:
+            # kopf calls this handler again after the delay (a dependency may exist by then)
+            raise kopf.TemporaryError(outcome.problem.message, delay=retry_delay)
 
     @kopf.timer(**on, interval=config.sync_interval, initial_delay=config.sync_interval, idle=None)
-    def sync_status(body, spec, meta, status, patch, logger, **_):
+    def sync_status(body, spec, meta, status, patch, **_):
         """Status from pgt_status every OPERATOR_SYNC_INTERVAL; re-creates a managed table that vanished."""
         if status.get("observedGeneration") != meta.get("generation"):
             return  # the change handlers have not finished with this generation: leave the status to them
@@ -218,10 +223,10 @@ def build_registry(
             # keep the last known engine figures; only the conditions say the database is unreachable
             outcome.observation = None
         write(patch, desired, outcome, meta, status)
-        _event(body, outcome, status)
+        _report(body, outcome, status)
 
     @kopf.on.delete(**on)
-    def remove(body, spec, meta, status, logger, **_):
+    def remove(body, spec, meta, status, patch, **_):
         """The finalizer: drop the stream table (deletionPolicy Delete) or keep it (Retain)."""
         try:
             desired = parse_spec(spec, meta["name"])
@@ -231,10 +236,16 @@ def build_registry(
         outcome = databases.run(
             desired.database, lambda conn: reconcile.remove(conn, desired, managed=managed), managed=managed
         )
-        _event(body, outcome, None)
-        for action in outcome.actions:
-            logger.info(action)
+        _report(body, outcome, status)
         if outcome.problem is not None:
+            problem = outcome.problem
+            conditions = [
+                {"type": "Ready", "status": "False", "reason": problem.reason, "message": problem.message},
+                {"type": "Degraded", "status": "True", "reason": problem.reason, "message": problem.message},
+            ]
+            patch.status["conditions"] = reconcile.merge_conditions(
+                conditions, status.get("conditions"), meta.get("generation"), _now()
+            )
             # Keep the finalizer until it can be dropped (e.g. other stream tables still read it).
             raise kopf.TemporaryError(f"{outcome.problem.reason}: {outcome.problem.message}", delay=retry_delay)
 

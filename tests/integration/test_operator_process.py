@@ -116,3 +116,4 @@ async def test_runs_against_a_kubeconfig_and_stops_on_sigterm(k8s, demo_db, tmp_
     messages = [json.loads(line)["msg"] for line in stderr.decode().splitlines() if line.startswith("{")]
     assert code == 0, stderr.decode()[-2000:]
     assert "operator starting" in messages and messages[-1] == "operator stopped"
+    assert any(m.startswith("created stream table from_process") for m in messages)
