@@ -153,6 +153,7 @@ def build_registry(
             {"type": "Degraded", "status": "True", "reason": "InvalidSpec", "message": message},
         ]
         patch.status["observedGeneration"] = meta.get("generation")
+        patch.status["specApplied"] = False
         patch.status["conditions"] = reconcile.merge_conditions(
             conditions, status.get("conditions"), meta.get("generation"), now
         )
@@ -191,6 +192,8 @@ def build_registry(
             managed=managed,
         )
         write(patch, desired, outcome, meta, status)
+        # False until this generation is applied: the status timer then leaves Ready/Degraded to this handler
+        patch.status["specApplied"] = outcome.problem is None
         _report(body, outcome, status)
         if outcome.problem is not None and outcome.problem.retryable:
             # kopf calls this handler again after the delay (a dependency may exist by then)
@@ -201,13 +204,13 @@ def build_registry(
         """Status from pgt_status every OPERATOR_SYNC_INTERVAL; re-creates a managed table that vanished."""
         if status.get("observedGeneration") != meta.get("generation"):
             return  # the change handlers have not finished with this generation: leave the status to them
-        degraded = next((c for c in status.get("conditions", []) if c.get("type") == "Degraded"), {})
-        if degraded.get("status") == "True" and degraded.get("reason") in reconcile.APPLY_PROBLEMS:
-            return  # the change handler owns this problem (it retries, or waits for a spec change)
         try:
             desired = parse_spec(spec, meta["name"])
         except SpecError:
             return
+        # The last spec change failed (bad query, name conflict, missing dependency...): its handler owns
+        # Ready/Degraded and the table; the timer only refreshes the engine's figures and Stale.
+        applied = bool(status.get("specApplied", True))
         managed = bool(status.get("managed", False))
         outcome = databases.run(
             desired.database,
@@ -216,13 +219,23 @@ def build_registry(
                 desired,
                 managed=managed,
                 suspended_by_operator=bool(status.get("suspendedByOperator", False)),
+                recreate=applied,
             ),
             managed=managed,
         )
         if outcome.problem is not None and outcome.problem.reason == "DatabaseUnavailable":
             # keep the last known engine figures; only the conditions say the database is unreachable
-            outcome.observation = None
-        write(patch, desired, outcome, meta, status)
+            conditions = reconcile.conditions(desired, outcome, _now())
+            patch.status["conditions"] = reconcile.merge_conditions(
+                conditions, status.get("conditions"), meta.get("generation"), _now()
+            )
+        else:
+            write(patch, desired, outcome, meta, status)
+            if not applied:
+                kept = {
+                    c.get("type"): c for c in status.get("conditions", []) if c.get("type") in ("Ready", "Degraded")
+                }
+                patch.status["conditions"] = [kept.get(c["type"], c) for c in patch.status["conditions"]]
         _report(body, outcome, status)
 
     @kopf.on.delete(**on)

@@ -26,10 +26,6 @@ READY, DEGRADED, STALE = "Ready", "Degraded", "Stale"
 # A stream table is Stale when its last refresh is older than this many scheduled intervals (and this floor).
 STALE_INTERVALS = 10
 STALE_FLOOR_SECONDS = 60.0
-# Problems only a spec change or the change handler's own retries resolve (the status timer leaves them be).
-APPLY_PROBLEMS = frozenset(
-    {"InvalidSpec", "NameConflict", "DatabaseError", "PermissionDenied", "DependencyMissing", "InternalError"}
-)
 
 
 @dataclass(frozen=True)
@@ -218,10 +214,18 @@ def _observe_into(conn: psycopg.Connection, spec: StreamTableSpec, outcome: Outc
     return outcome
 
 
-def sync(conn: psycopg.Connection, spec: StreamTableSpec, *, managed: bool, suspended_by_operator: bool) -> Outcome:
-    """The periodic check: reads the engine's status; re-creates a managed stream table that vanished."""
+def sync(
+    conn: psycopg.Connection,
+    spec: StreamTableSpec,
+    *,
+    managed: bool,
+    suspended_by_operator: bool,
+    recreate: bool = True,
+) -> Outcome:
+    """The periodic check: reads the engine's status; re-creates a managed stream table that vanished
+    (unless `recreate` is False: the last spec change has not been applied, its handler owns the table)."""
     outcome = _observe_into(conn, spec, Outcome(managed=managed, suspended_by_operator=suspended_by_operator))
-    if outcome.problem is None and outcome.observation is None and managed:
+    if recreate and outcome.problem is None and outcome.observation is None and managed:
         outcome = apply(conn, spec, managed=managed, suspended_by_operator=suspended_by_operator)
         outcome.actions = [f"{action} (it had disappeared)" for action in outcome.actions]
     return outcome

@@ -123,6 +123,15 @@ async def test_operator_against_kmock(k8s: Emulator, ecommerce, caplog):
             await eventually(lambda: table("country_counts").status == "ACTIVE", "resumed")
             await eventually(lambda: condition(obj("country-counts"), "Ready").get("status") == "True", "Ready again")
 
+            # dropped behind the operator's back: the status timer creates it again
+            def drop_by_hand():
+                with psycopg.connect(ecommerce.owner_url, autocommit=True) as conn:
+                    pgtrickle.drop_stream_table(conn, "country_counts")
+
+            await asyncio.to_thread(drop_by_hand)
+            recreated = await eventually(lambda: table("country_counts"), "country_counts re-created")
+            assert recreated.pgt_id != created.pgt_id and recreated.schedule == "5m"
+
             # a bad query -> Degraded with the database's own message; nothing created
             async with k8s.post(BASE, json=streamtable("broken", query="SELEKT 1")) as response:
                 assert response.status == 200
@@ -137,6 +146,9 @@ async def test_operator_against_kmock(k8s: Emulator, ecommerce, caplog):
             assert 'syntax error at or near "SELEKT"' in degraded["message"]
             assert condition(obj("broken"), "Ready")["status"] == "False"
             assert table("broken") is None
+            await asyncio.sleep(2.5)  # two status-timer periods later the problem is still reported
+            assert condition(obj("broken"), "Degraded")["reason"] == "DatabaseError"
+            assert obj("broken")["status"]["specApplied"] is False
 
             # fixing the query heals it
             await patch("broken", {"metadata": {"generation": 2}, "spec": {"query": QUERY}})
