@@ -25,6 +25,7 @@ _NAMESPACE_PATTERN = r"[a-z0-9]([-a-z0-9]*[a-z0-9])?"
 class OperatorConfig:
     scenario: str
     namespace: str
+    health_host: str
     health_port: int
     sync_interval: float
     conninfo: str  # database defaults to <scenario>_demo; a StreamTable's spec.database overrides it
@@ -60,6 +61,7 @@ def load_config(
     env = dict(os.environ if env is None else env)
     scenario = env_choice("DEMO_SCENARIO", DEFAULT_SCENARIO, SCENARIO_NAMES, env=env)
     log_level = env_choice("LOG_LEVEL", "INFO", LEVELS + tuple(level.lower() for level in LEVELS), env=env).upper()
+    health_host = env_str("OPERATOR_HEALTH_HOST", "0.0.0.0", env=env)  # noqa: S104 - a pod's probe port
     health_port = env_int("OPERATOR_HEALTH_PORT", 8081, minimum=0, maximum=65535, env=env)
     sync_interval = env_float("OPERATOR_SYNC_INTERVAL", 10.0, minimum=1.0, maximum=3600.0, env=env)
     namespace = resolve_namespace(env, service_account_file)
@@ -70,6 +72,7 @@ def load_config(
     return OperatorConfig(
         scenario=scenario,
         namespace=namespace,
+        health_host=health_host,
         health_port=health_port,
         sync_interval=sync_interval,
         conninfo=make_conninfo("", **params),

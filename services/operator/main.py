@@ -25,7 +25,7 @@ def main() -> int:
         extra={
             "fields": {
                 "namespace": config.namespace,
-                "health": f"http://0.0.0.0:{config.health_port}/healthz",
+                "health": f"http://{config.health_host}:{config.health_port}/healthz",
                 "sync_interval_s": config.sync_interval,
                 "database": config.default_database,
             }
@@ -39,7 +39,7 @@ def main() -> int:
                 settings=make_settings(),
                 standalone=True,
                 namespaces=[config.namespace],
-                liveness_endpoint=f"http://0.0.0.0:{config.health_port}/healthz",
+                liveness_endpoint=f"http://{config.health_host}:{config.health_port}/healthz",
             )
         )
     finally:

@@ -48,6 +48,7 @@ async def test_operator_against_kmock(k8s: Emulator, ecommerce, caplog):
     config = OperatorConfig(
         scenario="ecommerce",
         namespace=NAMESPACE,
+        health_host="127.0.0.1",
         health_port=health_port,
         sync_interval=1.0,
         conninfo=ecommerce.owner_url,

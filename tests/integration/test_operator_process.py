@@ -79,6 +79,7 @@ async def test_runs_against_a_kubeconfig_and_stops_on_sigterm(k8s, demo_db, tmp_
         KUBECONFIG=str(kubeconfig),
         HOME=str(tmp_path),
         OPERATOR_NAMESPACE=NAMESPACE,
+        OPERATOR_HEALTH_HOST="127.0.0.1",
         OPERATOR_HEALTH_PORT=str(port),
         OPERATOR_SYNC_INTERVAL="1",
         DATABASE_URL=db.owner_url,
