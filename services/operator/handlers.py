@@ -47,7 +47,7 @@ class Databases:
                     application_name=APPLICATION_NAME,
                     statement_timeout_ms=STATEMENT_TIMEOUT_MS,
                     min_size=1,
-                    max_size=2,
+                    max_size=4,
                     configure=autocommit,
                 )
                 pool.open(wait=False)
