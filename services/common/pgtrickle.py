@@ -38,6 +38,13 @@ class StreamTable:
     data_timestamp: datetime | None
     last_refresh_at: datetime | None
     defining_query: str
+    # The query as the user gave it: pg_trickle stores TopK queries in defining_query without their
+    # ORDER BY ... LIMIT (reference section 5), so definitions are compared with this one.
+    original_query: str | None = None
+
+    @property
+    def user_query(self) -> str:
+        return self.original_query or self.defining_query
 
     @property
     def qualified_name(self) -> str:
@@ -170,14 +177,73 @@ def engine_of(version_text: str) -> str:
     return ENGINE_EMULATOR if ENGINE_EMULATOR in version_text.lower() else ENGINE_EXTENSION
 
 
+_STREAM_TABLES = """
+SELECT pgt_id, pgt_schema, pgt_name, refresh_mode, schedule, status, is_populated,
+       consecutive_errors, data_timestamp, last_refresh_at, defining_query, original_query
+  FROM pgtrickle.pgt_stream_tables
+"""
+
+
 def stream_tables(conn: psycopg.Connection) -> list[StreamTable]:
     return _fetch(
         conn,
         StreamTable,
-        """SELECT pgt_id, pgt_schema, pgt_name, refresh_mode, schedule, status, is_populated,
-                  consecutive_errors, data_timestamp, last_refresh_at, defining_query
-             FROM pgtrickle.pgt_stream_tables ORDER BY pgt_id""",
+        f"{_STREAM_TABLES} ORDER BY pgt_id",
     )
+
+
+def split_name(name: str) -> tuple[str | None, str]:
+    """`schema.table` -> (schema, table); a bare name -> (None, name): pg_trickle resolves it with
+    current_schema(). Names are taken as written (unquoted SQL names in lower case)."""
+    schema, dot, table = name.rpartition(".")
+    return (schema, table) if dot else (None, name)
+
+
+def find_stream_table(conn: psycopg.Connection, name: str) -> StreamTable | None:
+    """One row of pgt_stream_tables by name (bare names resolve in current_schema(), as pg_trickle does)."""
+    schema, table = split_name(name)
+    rows = _fetch(
+        conn,
+        StreamTable,
+        f"{_STREAM_TABLES} WHERE pgt_schema = coalesce(%s, current_schema()) AND pgt_name = %s",
+        (schema, table),
+    )
+    return rows[0] if rows else None
+
+
+def status_of(conn: psycopg.Connection, qualified_name: str) -> Status | None:
+    """The pgt_status() row of one stream table (`name` there is schema-qualified)."""
+    rows = _fetch(
+        conn,
+        Status,
+        """SELECT name, status, refresh_mode, is_populated, consecutive_errors, schedule,
+                  data_timestamp, staleness
+             FROM pgtrickle.pgt_status() WHERE name = %s""",
+        (qualified_name,),
+    )
+    return rows[0] if rows else None
+
+
+def has_dependents(conn: psycopg.Connection, pgt_id: int) -> bool:
+    """True when another stream table reads this one (pgt_dependencies.source_relid = its storage)."""
+    row = conn.execute(
+        """SELECT EXISTS (SELECT 1 FROM pgtrickle.pgt_dependencies d
+                             JOIN pgtrickle.pgt_stream_tables st ON st.pgt_relid = d.source_relid
+                            WHERE st.pgt_id = %s)""",
+        (pgt_id,),
+    ).fetchone()
+    return bool(row[0])
+
+
+def last_failure(conn: psycopg.Connection, pgt_id: int) -> RefreshEvent | None:
+    """The newest FAILED refresh of one stream table (its error_message explains an ERROR/SUSPENDED status)."""
+    rows = _fetch(
+        conn,
+        RefreshEvent,
+        f"{_HISTORY} WHERE rh.pgt_id = %s AND rh.status = 'FAILED' ORDER BY rh.start_time DESC LIMIT 1",
+        (pgt_id,),
+    )
+    return rows[0] if rows else None
 
 
 def status(conn: psycopg.Connection) -> list[Status]:

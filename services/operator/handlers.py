@@ -1,0 +1,270 @@
+"""Thin kopf handlers: parse the spec, call `reconcile`, write .status, post Events, schedule retries."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from typing import Any
+
+import kopf
+import psycopg
+from psycopg_pool import ConnectionPool, PoolTimeout
+
+from services.common.db import make_pool
+from services.operator import reconcile
+from services.operator.config import APPLICATION_NAME, OperatorConfig
+from services.operator.reconcile import Outcome
+from services.operator.spec import FINALIZER, GROUP, PLURAL, VERSION, SpecError, StreamTableSpec, parse_spec
+
+log = logging.getLogger(__name__)
+
+STATEMENT_TIMEOUT_MS = 60_000  # an initial full refresh of a large query may take a while
+CONNECT_WAIT_S = 5.0
+
+
+class Databases:
+    """One small autocommit pool per database (a StreamTable's spec.database may name another one)."""
+
+    def __init__(self, config: OperatorConfig):
+        self.config = config
+        self._pools: dict[str, ConnectionPool] = {}
+        self._lock = threading.Lock()
+
+    def pool(self, database: str | None) -> ConnectionPool:
+        key = database or self.config.default_database
+        with self._lock:
+            if key not in self._pools:
+
+                def autocommit(conn: psycopg.Connection) -> None:
+                    conn.autocommit = True
+
+                pool = make_pool(
+                    self.config.conninfo_for(database),
+                    application_name=APPLICATION_NAME,
+                    statement_timeout_ms=STATEMENT_TIMEOUT_MS,
+                    min_size=1,
+                    max_size=4,
+                    configure=autocommit,
+                )
+                pool.open(wait=False)
+                self._pools[key] = pool
+            return self._pools[key]
+
+    @contextmanager
+    def connection(self, database: str | None) -> Iterator[psycopg.Connection]:
+        with self.pool(database).connection(timeout=CONNECT_WAIT_S) as conn:
+            yield conn
+
+    def run(self, database: str | None, work: Callable[[psycopg.Connection], Outcome], *, managed: bool) -> Outcome:
+        """Runs `work` on a pooled connection; an unreachable database becomes a retryable problem."""
+        try:
+            with self.connection(database) as conn:
+                return work(conn)
+        except (PoolTimeout, psycopg.OperationalError) as exc:
+            return Outcome(managed=managed, problem=reconcile.classify(exc))
+
+    def close(self) -> None:
+        with self._lock:
+            for pool in self._pools.values():
+                pool.close(timeout=2)
+            self._pools.clear()
+
+
+def make_settings() -> kopf.OperatorSettings:
+    settings = kopf.OperatorSettings()
+    # Our own finalizer and annotations; nothing under .status but ours (the CRD's schema is structural).
+    settings.persistence.finalizer = FINALIZER
+    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=GROUP)
+    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(prefix=GROUP)
+    # Resources are discovered once at start-up (the chart installs the CRD first) and only the configured
+    # namespace is served: no cluster-wide list/watch of namespaces or CRDs, so a namespaced Role suffices.
+    settings.scanning.disabled = True
+    # No Events from kopf's log lines (a retried handler would post one per retry); ours are posted
+    # explicitly, a Warning once per new problem (see _report).
+    settings.posting.level = logging.CRITICAL
+    settings.watching.server_timeout = 300
+    settings.networking.request_timeout = 60
+    return settings
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+def _report(body: Any, outcome: Outcome, previous: Mapping[str, Any] | None) -> None:
+    """One Normal Event (and an INFO log line) per action; a Warning Event once per new problem."""
+    meta = body.get("metadata", {})
+    where = {"namespace": meta.get("namespace"), "resource": meta.get("name")}
+    for action in outcome.actions:
+        kopf.event(body, type="Normal", reason=_reason(action), message=action)
+        log.info(action, extra={"fields": where})
+    problem = outcome.problem
+    if problem is None:
+        return
+    degraded = next((c for c in (previous or {}).get("conditions", []) if c.get("type") == "Degraded"), {})
+    if degraded.get("reason") != problem.reason or degraded.get("message") != problem.message:
+        kopf.event(body, type="Warning", reason=problem.reason, message=problem.message)
+        log.warning(
+            problem.message,
+            extra={"fields": {**where, "reason": problem.reason, "retry": problem.retryable}},
+        )
+
+
+def _reason(action: str) -> str:
+    verb = action.split(" ", 1)[0]
+    return {
+        "created": "Created",
+        "adopted": "Adopted",
+        "replaced": "Replaced",
+        "altered": "Altered",
+        "suspended": "Suspended",
+        "resumed": "Resumed",
+        "dropped": "Dropped",
+        "retained": "Retained",
+        "left": "Retained",
+    }.get(verb, "Reconciled")
+
+
+def build_registry(
+    config: OperatorConfig, databases: Databases, *, login: Callable[..., Any] | None = None
+) -> kopf.OperatorRegistry:
+    """The operator's handlers. `login`: how to reach the Kubernetes API; by default kopf.login_via_client
+    (the pod's service account in a cluster, else the kubeconfig), what `kopf run` would pick."""
+    registry = kopf.OperatorRegistry()
+    kopf.on.login(registry=registry)(login or kopf.login_via_client)
+    on = {"group": GROUP, "version": VERSION, "plural": PLURAL, "registry": registry}
+    retry_delay = config.sync_interval
+
+    def database_of(desired: StreamTableSpec) -> str:
+        return desired.database or config.default_database
+
+    def invalid(body: Any, meta: Mapping, status: Mapping, patch: kopf.Patch, exc: SpecError) -> None:
+        message = str(exc)
+        previous = [c for c in status.get("conditions", []) if c.get("type") == "Degraded"]
+        if not previous or previous[0].get("message") != message:
+            kopf.event(body, type="Warning", reason="InvalidSpec", message=message)
+        now = _now()
+        conditions = [
+            {"type": "Ready", "status": "False", "reason": "InvalidSpec", "message": message},
+            {"type": "Degraded", "status": "True", "reason": "InvalidSpec", "message": message},
+        ]
+        patch.status["observedGeneration"] = meta.get("generation")
+        patch.status["specApplied"] = False
+        patch.status["conditions"] = reconcile.merge_conditions(
+            conditions, status.get("conditions"), meta.get("generation"), now
+        )
+
+    def write(patch: kopf.Patch, desired: StreamTableSpec, outcome: Outcome, meta: Mapping, status: Mapping) -> None:
+        new = reconcile.build_status(
+            desired,
+            outcome,
+            database=database_of(desired),
+            generation=meta.get("generation"),
+            previous=status,
+            now=_now(),
+        )
+        for key, value in new.items():
+            patch.status[key] = value
+
+    @kopf.on.create(**on)
+    @kopf.on.update(**on, field="spec")
+    @kopf.on.resume(**on)
+    def apply_spec(body, spec, meta, status, patch, **_):
+        """Create / alter / replace / suspend / resume so that the stream table matches the spec."""
+        try:
+            desired = parse_spec(spec, meta["name"])
+        except SpecError as exc:
+            invalid(body, meta, status, patch, exc)
+            return
+        managed = bool(status.get("managed", False))
+        outcome = databases.run(
+            desired.database,
+            lambda conn: reconcile.apply(
+                conn,
+                desired,
+                managed=managed,
+                suspended_by_operator=bool(status.get("suspendedByOperator", False)),
+            ),
+            managed=managed,
+        )
+        write(patch, desired, outcome, meta, status)
+        # False until this generation is applied: the status timer then leaves Ready/Degraded to this handler
+        patch.status["specApplied"] = outcome.problem is None
+        _report(body, outcome, status)
+        if outcome.problem is not None and outcome.problem.retryable:
+            # kopf calls this handler again after the delay (a dependency may exist by then)
+            raise kopf.TemporaryError(outcome.problem.message, delay=retry_delay)
+
+    @kopf.timer(**on, interval=config.sync_interval, initial_delay=config.sync_interval, idle=None)
+    def sync_status(body, spec, meta, status, patch, **_):
+        """Status from pgt_status every OPERATOR_SYNC_INTERVAL; re-creates a managed table that vanished."""
+        if status.get("observedGeneration") != meta.get("generation"):
+            return  # the change handlers have not finished with this generation: leave the status to them
+        try:
+            desired = parse_spec(spec, meta["name"])
+        except SpecError:
+            return
+        # The last spec change failed (bad query, name conflict, missing dependency...): its handler owns
+        # Ready/Degraded and the table; the timer only refreshes the engine's figures and Stale.
+        applied = bool(status.get("specApplied", True))
+        managed = bool(status.get("managed", False))
+        outcome = databases.run(
+            desired.database,
+            lambda conn: reconcile.sync(
+                conn,
+                desired,
+                managed=managed,
+                suspended_by_operator=bool(status.get("suspendedByOperator", False)),
+                recreate=applied,
+            ),
+            managed=managed,
+        )
+        if outcome.problem is not None and outcome.problem.reason == "DatabaseUnavailable":
+            # keep the last known engine figures; only the conditions say the database is unreachable
+            conditions = reconcile.conditions(desired, outcome, _now())
+            patch.status["conditions"] = reconcile.merge_conditions(
+                conditions, status.get("conditions"), meta.get("generation"), _now()
+            )
+        else:
+            write(patch, desired, outcome, meta, status)
+            if not applied:
+                kept = {
+                    c.get("type"): c for c in status.get("conditions", []) if c.get("type") in ("Ready", "Degraded")
+                }
+                patch.status["conditions"] = [kept.get(c["type"], c) for c in patch.status["conditions"]]
+        _report(body, outcome, status)
+
+    @kopf.on.delete(**on)
+    def remove(body, spec, meta, status, patch, **_):
+        """The finalizer: drop the stream table (deletionPolicy Delete) or keep it (Retain)."""
+        try:
+            desired = parse_spec(spec, meta["name"])
+        except SpecError:
+            return  # nothing was ever created from an invalid spec
+        managed = bool(status.get("managed", False))
+        outcome = databases.run(
+            desired.database, lambda conn: reconcile.remove(conn, desired, managed=managed), managed=managed
+        )
+        _report(body, outcome, status)
+        if outcome.problem is not None:
+            problem = outcome.problem
+            conditions = [
+                {"type": "Ready", "status": "False", "reason": problem.reason, "message": problem.message},
+                {"type": "Degraded", "status": "True", "reason": problem.reason, "message": problem.message},
+            ]
+            patch.status["conditions"] = reconcile.merge_conditions(
+                conditions, status.get("conditions"), meta.get("generation"), _now()
+            )
+            # Keep the finalizer until it can be dropped (e.g. other stream tables still read it).
+            raise kopf.TemporaryError(f"{outcome.problem.reason}: {outcome.problem.message}", delay=retry_delay)
+
+    @kopf.on.probe(id="uptime", registry=registry)
+    def uptime(**_):
+        return round(time.monotonic() - started, 1)
+
+    started = time.monotonic()
+    return registry

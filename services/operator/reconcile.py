@@ -1,0 +1,386 @@
+"""Reconciliation without Kubernetes: desired spec + pgtrickle catalog -> pgtrickle calls -> status.
+
+Every function takes an open psycopg connection and the parsed spec; database errors are caught and turned
+into a `Problem` (reason, the database's own message, retryable or not), never raised to the caller. All
+pgtrickle reads and writes go through services.common.pgtrickle.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+
+import psycopg
+from psycopg import errors as pgerrors
+from psycopg_pool import PoolTimeout
+
+from services.common import pgtrickle
+from services.common.db import first_line
+from services.operator.spec import StreamTableSpec, same_query, schedule_key, schedule_seconds
+
+# Conditions (type -> reasons used below).
+READY, DEGRADED, STALE = "Ready", "Degraded", "Stale"
+# A stream table is Stale when its last refresh is older than this many scheduled intervals (and this floor).
+STALE_INTERVALS = 10
+STALE_FLOOR_SECONDS = 60.0
+
+
+@dataclass(frozen=True)
+class Problem:
+    reason: str  # CamelCase, as Kubernetes condition reasons are
+    message: str  # the database's message when there is one
+    retryable: bool  # True: try again later on its own; False: wait for a spec change
+
+
+@dataclass(frozen=True)
+class Observation:
+    """What the engine says about one stream table."""
+
+    table: pgtrickle.StreamTable
+    status: pgtrickle.Status | None
+    last_error: str | None
+
+
+@dataclass
+class Outcome:
+    managed: bool  # the stream table is ours: created or adopted by this resource
+    suspended_by_operator: bool = False
+    actions: list[str] = field(default_factory=list)  # what was done, one Kubernetes Event each
+    problem: Problem | None = None
+    observation: Observation | None = None
+
+
+# -- errors ---------------------------------------------------------------------------------------------
+
+
+def classify(exc: BaseException) -> Problem:
+    """A database error as a condition: dependencies not yet created and an unreachable database are
+    retried; anything else (a bad query, an invalid schedule, a refused change) waits for a spec change."""
+    if isinstance(exc, PoolTimeout | psycopg.OperationalError):
+        return Problem("DatabaseUnavailable", first_line(exc), retryable=True)
+    if isinstance(exc, pgerrors.UndefinedTable):
+        return Problem("DependencyMissing", f"{_message(exc)} (retrying until it exists)", retryable=True)
+    if isinstance(exc, pgerrors.DependentObjectsStillExist):
+        return Problem("DependentsExist", _message(exc), retryable=True)
+    if isinstance(exc, pgerrors.InsufficientPrivilege):
+        return Problem("PermissionDenied", _message(exc), retryable=False)
+    if isinstance(exc, psycopg.Error):
+        return Problem("DatabaseError", _message(exc), retryable=False)
+    return Problem("InternalError", f"{exc.__class__.__name__}: {exc}", retryable=True)
+
+
+def _message(exc: psycopg.Error) -> str:
+    diag = getattr(exc, "diag", None)
+    primary = getattr(diag, "message_primary", None) if diag is not None else None
+    return primary or first_line(exc)
+
+
+# -- reads ----------------------------------------------------------------------------------------------
+
+
+def observe(conn: psycopg.Connection, name: str) -> Observation | None:
+    table = pgtrickle.find_stream_table(conn, name)
+    if table is None:
+        return None
+    failure = None
+    if table.status in ("ERROR", "SUSPENDED") or table.consecutive_errors > 0:
+        event = pgtrickle.last_failure(conn, table.pgt_id)
+        failure = event.error_message if event else None
+    return Observation(table, pgtrickle.status_of(conn, table.qualified_name), failure)
+
+
+def definition_matches(spec: StreamTableSpec, table: pgtrickle.StreamTable) -> bool:
+    """Adoption rule: the same query (up to whitespace), and the same refresh mode unless AUTO is asked."""
+    if not same_query(spec.query, table.user_query):
+        return False
+    return spec.refresh_mode == "AUTO" or spec.refresh_mode == table.refresh_mode
+
+
+# -- writes ---------------------------------------------------------------------------------------------
+
+
+def _lock(conn: psycopg.Connection, name: str) -> None:
+    """Serialises reconciliations of one name (handlers, timers, a second operator) for this transaction."""
+    conn.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", (f"pgtrickle-operator:{name}",))
+
+
+def _create(conn: psycopg.Connection, spec: StreamTableSpec) -> None:
+    pgtrickle.create_stream_table(
+        conn, spec.name, spec.query, schedule=spec.schedule, refresh_mode=spec.refresh_mode, initialize=True
+    )
+
+
+def apply(
+    conn: psycopg.Connection,
+    spec: StreamTableSpec,
+    *,
+    managed: bool,
+    suspended_by_operator: bool = False,
+) -> Outcome:
+    """Brings the stream table in line with `spec`, in one transaction (all or nothing).
+
+    `managed`: this resource created or adopted the stream table before (from its status);
+    `suspended_by_operator`: the operator suspended it because of spec.suspend (so it may resume it).
+    """
+    outcome = Outcome(managed=managed, suspended_by_operator=suspended_by_operator)
+    try:
+        with conn.transaction():
+            _lock(conn, spec.name)
+            _apply(conn, spec, outcome)
+    except Exception as exc:
+        outcome.problem = classify(exc)
+        failed = Outcome(managed=managed, suspended_by_operator=suspended_by_operator, problem=outcome.problem)
+        outcome = failed  # the transaction rolled back: nothing that was planned happened
+    return _observe_into(conn, spec, outcome)
+
+
+def _apply(conn: psycopg.Connection, spec: StreamTableSpec, out: Outcome) -> None:
+    existing = pgtrickle.find_stream_table(conn, spec.name)
+    if existing is None:
+        _create(conn, spec)
+        out.actions.append(f"created stream table {spec.name} ({spec.refresh_mode}, schedule {spec.schedule})")
+        out.managed = True
+        out.suspended_by_operator = False
+        _apply_suspend(conn, spec, out, pgtrickle.find_stream_table(conn, spec.name))
+        return
+
+    if not out.managed:
+        if not definition_matches(spec, existing):
+            out.problem = Problem(
+                "NameConflict",
+                f"stream table {existing.qualified_name} already exists with a different definition "
+                f"({existing.refresh_mode}: {' '.join(existing.user_query.split())[:200]}); not adopted",
+                retryable=False,
+            )
+            return
+        out.managed = True
+        out.actions.append(f"adopted existing stream table {existing.qualified_name} (same definition)")
+
+    if not same_query(spec.query, existing.user_query):
+        if pgtrickle.has_dependents(conn, existing.pgt_id):
+            pgtrickle.alter_stream_table(conn, spec.name, query=spec.query)
+            out.actions.append(f"altered the query of {existing.qualified_name} in place (other stream tables read it)")
+        else:
+            pgtrickle.drop_stream_table(conn, spec.name)
+            _create(conn, spec)
+            out.actions.append(f"replaced {existing.qualified_name}: the query changed")
+            out.suspended_by_operator = False
+            _apply_suspend(conn, spec, out, pgtrickle.find_stream_table(conn, spec.name))
+            return
+        existing = pgtrickle.find_stream_table(conn, spec.name) or existing
+
+    changes: dict[str, str] = {}
+    if spec.refresh_mode != "AUTO" and spec.refresh_mode != existing.refresh_mode:
+        changes["refresh_mode"] = spec.refresh_mode
+    if spec.refresh_mode != "IMMEDIATE" and spec.schedule_key != schedule_key(existing.schedule):
+        changes["schedule"] = spec.schedule
+    if changes:
+        pgtrickle.alter_stream_table(conn, spec.name, **changes)
+        before = {"refresh_mode": existing.refresh_mode, "schedule": existing.schedule_label}
+        detail = ", ".join(f"{key} {before[key]} -> {value}" for key, value in changes.items())
+        out.actions.append(f"altered {existing.qualified_name}: {detail}")
+    _apply_suspend(conn, spec, out, existing)
+
+
+def _apply_suspend(
+    conn: psycopg.Connection, spec: StreamTableSpec, out: Outcome, table: pgtrickle.StreamTable | None
+) -> None:
+    if table is None:
+        return
+    if spec.suspend and table.status != "SUSPENDED":
+        pgtrickle.alter_stream_table(conn, spec.name, status="SUSPENDED")
+        out.actions.append(f"suspended {table.qualified_name} (spec.suspend)")
+        out.suspended_by_operator = True
+    elif spec.suspend:
+        pass  # already SUSPENDED (by us earlier, or by the engine): nothing to do
+    elif out.suspended_by_operator and table.status == "SUSPENDED":
+        pgtrickle.resume_stream_table(conn, spec.name)
+        out.actions.append(f"resumed {table.qualified_name}")
+        out.suspended_by_operator = False
+    elif table.status != "SUSPENDED":
+        out.suspended_by_operator = False
+
+
+def _observe_into(conn: psycopg.Connection, spec: StreamTableSpec, outcome: Outcome) -> Outcome:
+    try:
+        with conn.transaction():
+            outcome.observation = observe(conn, spec.name)
+    except Exception as exc:
+        if outcome.problem is None:
+            outcome.problem = classify(exc)
+    return outcome
+
+
+def sync(
+    conn: psycopg.Connection,
+    spec: StreamTableSpec,
+    *,
+    managed: bool,
+    suspended_by_operator: bool,
+    recreate: bool = True,
+) -> Outcome:
+    """The periodic check: reads the engine's status; re-creates a managed stream table that vanished
+    (unless `recreate` is False: the last spec change has not been applied, its handler owns the table)."""
+    outcome = _observe_into(conn, spec, Outcome(managed=managed, suspended_by_operator=suspended_by_operator))
+    if recreate and outcome.problem is None and outcome.observation is None and managed:
+        outcome = apply(conn, spec, managed=managed, suspended_by_operator=suspended_by_operator)
+        outcome.actions = [f"{action} (it had disappeared)" for action in outcome.actions]
+    return outcome
+
+
+def remove(conn: psycopg.Connection, spec: StreamTableSpec, *, managed: bool) -> Outcome:
+    """The finalizer's work: drop the stream table (deletionPolicy Delete) or leave it (Retain)."""
+    outcome = Outcome(managed=managed)
+    if spec.deletion_policy == "Retain":
+        outcome.actions.append(f"retained stream table {spec.name} (deletionPolicy Retain)")
+        return outcome
+    if not managed:
+        outcome.actions.append(f"left stream table {spec.name} alone: this resource never created or adopted it")
+        return outcome
+    try:
+        with conn.transaction():
+            _lock(conn, spec.name)
+            if pgtrickle.find_stream_table(conn, spec.name) is not None:
+                pgtrickle.drop_stream_table(conn, spec.name, cascade=False)
+                outcome.actions.append(f"dropped stream table {spec.name}")
+    except Exception as exc:
+        outcome.problem = classify(exc)
+    return outcome
+
+
+# -- status -----------------------------------------------------------------------------------------------
+
+
+def format_duration(seconds: float | None) -> str | None:
+    if seconds is None or math.isnan(seconds):
+        return None
+    seconds = max(seconds, 0.0)
+    if seconds < 60:
+        return f"{seconds:.1f}s"
+    minutes, secs = divmod(int(seconds), 60)
+    if minutes < 60:
+        return f"{minutes}m{secs}s"
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}h{minutes}m" if hours < 48 else f"{hours // 24}d{hours % 24}h"
+
+
+def _seconds(value: timedelta | None) -> float | None:
+    return None if value is None else value.total_seconds()
+
+
+def conditions(spec: StreamTableSpec, outcome: Outcome, now: datetime) -> list[dict[str, str]]:
+    """Ready / Degraded / Stale, each with status, reason and message (lastTransitionTime added later)."""
+    obs, problem = outcome.observation, outcome.problem
+    table = obs.table if obs else None
+
+    if problem is not None:
+        ready = ("False", problem.reason, problem.message)
+    elif table is None:
+        ready = ("False", "NotFound", f"stream table {spec.name} does not exist")
+    elif table.status == "ACTIVE":
+        ready = ("True", "Active", f"{table.qualified_name} is ACTIVE ({table.refresh_mode}, {table.schedule_label})")
+    elif table.status == "SUSPENDED" and spec.suspend:
+        ready = ("False", "Suspended", f"{table.qualified_name} is suspended (spec.suspend is true)")
+    elif table.status == "INITIALIZING":
+        ready = ("False", "Initializing", f"{table.qualified_name} is initializing")
+    else:
+        ready = ("False", f"Engine{table.status.title()}", f"{table.qualified_name} is {table.status}")
+
+    if problem is not None:
+        degraded = ("True", problem.reason, problem.message)
+    elif table is not None and (table.status == "ERROR" or (table.status == "SUSPENDED" and not spec.suspend)):
+        detail = obs.last_error or f"{table.consecutive_errors} consecutive refresh errors"
+        degraded = ("True", f"Engine{table.status.title()}", f"{table.qualified_name} is {table.status}: {detail}")
+    elif table is not None and table.consecutive_errors > 0:
+        detail = obs.last_error or "refresh failed"
+        degraded = ("True", "RefreshFailing", f"{table.consecutive_errors} consecutive refresh errors: {detail}")
+    else:
+        degraded = ("False", "AsExpected", "no errors")
+
+    stale = _stale(table, now)
+    return [
+        {"type": kind, "status": status, "reason": reason, "message": message}
+        for kind, (status, reason, message) in ((READY, ready), (DEGRADED, degraded), (STALE, stale))
+    ]
+
+
+def _stale(table: pgtrickle.StreamTable | None, now: datetime) -> tuple[str, str, str]:
+    if table is None or table.status != "ACTIVE":
+        return ("Unknown", "NotActive", "freshness is only judged while the stream table is ACTIVE")
+    if table.refresh_mode == "IMMEDIATE":
+        return ("False", "Immediate", "maintained in the writing transaction")
+    if table.schedule is not None and schedule_seconds(table.schedule) is None:
+        return ("Unknown", "CronSchedule", f"cron schedule {table.schedule!r}: no fixed interval to judge by")
+    interval = schedule_seconds(table.schedule) or 1.0  # calculated: at least every second upstream changes
+    limit = max(STALE_INTERVALS * interval, STALE_FLOOR_SECONDS)
+    if table.last_refresh_at is None:
+        return ("True", "NeverRefreshed", "no refresh has completed yet")
+    age = (now - table.last_refresh_at).total_seconds()
+    if age > limit:
+        return ("True", "RefreshOverdue", f"last refresh {format_duration(age)} ago, expected within {limit:g}s")
+    return ("False", "Fresh", f"last refresh {format_duration(age)} ago")
+
+
+def merge_conditions(
+    new: Iterable[Mapping[str, str]],
+    previous: Iterable[Mapping[str, Any]] | None,
+    generation: int | None,
+    now: datetime,
+) -> list[dict[str, Any]]:
+    """Keeps lastTransitionTime when a condition's status did not change (Kubernetes convention)."""
+    before = {c.get("type"): c for c in previous or ()}
+    stamp = now.isoformat().replace("+00:00", "Z")
+    merged = []
+    for condition in new:
+        old = before.get(condition["type"])
+        unchanged = old is not None and old.get("status") == condition["status"] and old.get("lastTransitionTime")
+        merged.append(
+            {
+                **condition,
+                "lastTransitionTime": old["lastTransitionTime"] if unchanged else stamp,
+                **({"observedGeneration": generation} if generation is not None else {}),
+            }
+        )
+    return merged
+
+
+def build_status(
+    spec: StreamTableSpec,
+    outcome: Outcome,
+    *,
+    database: str,
+    generation: int | None,
+    previous: Mapping[str, Any] | None,
+    now: datetime,
+) -> dict[str, Any]:
+    """The resource's .status (what `kubectl get st` and `kubectl describe` show)."""
+    obs = outcome.observation
+    table = obs.table if obs else None
+    staleness = _seconds(obs.status.staleness) if obs and obs.status else None
+    status: dict[str, Any] = {
+        "observedGeneration": generation,
+        "database": database,
+        "sqlName": table.qualified_name if table else spec.name,
+        "managed": outcome.managed,
+        "suspendedByOperator": outcome.suspended_by_operator,
+        "engineStatus": table.status if table else "Absent",
+        "effectiveRefreshMode": table.refresh_mode if table else None,
+        "schedule": table.schedule_label if table else None,
+        "isPopulated": table.is_populated if table else None,
+        "consecutiveErrors": table.consecutive_errors if table else None,
+        "lastRefresh": _iso(table.last_refresh_at) if table else None,
+        "dataTimestamp": _iso(table.data_timestamp) if table else None,
+        "staleness": format_duration(staleness),
+        "stalenessSeconds": None if staleness is None else round(staleness, 3),
+        "conditions": merge_conditions(
+            conditions(spec, outcome, now), (previous or {}).get("conditions"), generation, now
+        ),
+    }
+    return status
+
+
+def _iso(value: datetime | None) -> str | None:
+    return None if value is None else value.isoformat().replace("+00:00", "Z")
