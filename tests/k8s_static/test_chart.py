@@ -251,23 +251,16 @@ def test_operator_deployment_rbac_and_service_account():
     (role,) = [o for o in objects if o["kind"] == "Role"]
     rules = {(tuple(r["apiGroups"]), tuple(r["resources"])): set(r["verbs"]) for r in role["rules"]}
     assert rules == {
-        (("pgtrickle.io",), ("streamtables",)): {"get", "list", "watch", "patch", "update"},
-        (("pgtrickle.io",), ("streamtables/status",)): {"get", "patch", "update"},
-        (("",), ("events",)): {"create", "patch"},
-        (("events.k8s.io",), ("events",)): {"create", "patch"},
+        (("pgtrickle.io",), ("streamtables",)): {"list", "watch", "patch"},
+        (("pgtrickle.io",), ("streamtables/status",)): {"patch"},
+        (("",), ("events",)): {"create"},
     }
-    (cluster_role,) = [o for o in objects if o["kind"] == "ClusterRole"]
-    assert cluster_role["rules"] == [
-        {
-            "apiGroups": ["apiextensions.k8s.io"],
-            "resources": ["customresourcedefinitions"],
-            "verbs": ["get", "list", "watch"],
-        }
-    ]
-    for binding_kind, role_kind in (("RoleBinding", "Role"), ("ClusterRoleBinding", "ClusterRole")):
-        (binding,) = [o for o in objects if o["kind"] == binding_kind]
-        assert binding["roleRef"]["kind"] == role_kind
-        assert binding["subjects"] == [{"kind": "ServiceAccount", "name": sa_name, "namespace": "pgtd"}]
+    assert not [o for o in objects if o["kind"] in ("ClusterRole", "ClusterRoleBinding")], (
+        "least privilege: no cluster-wide rights"
+    )
+    (binding,) = [o for o in objects if o["kind"] == "RoleBinding"]
+    assert binding["roleRef"]["kind"] == "Role"
+    assert binding["subjects"] == [{"kind": "ServiceAccount", "name": sa_name, "namespace": "pgtd"}]
     # operator.enabled=false removes all of it
     off = render_objects({"operator": {"enabled": False}})
     assert not [o for o in off if component(o) == "operator"]
