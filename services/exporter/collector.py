@@ -29,6 +29,11 @@ log = logging.getLogger(__name__)
 STATUSES = ("INITIALIZING", "ACTIVE", "SUSPENDED", "ERROR")
 ACTIONS = ("NO_DATA", "FULL", "DIFFERENTIAL", "REINITIALIZE", "SKIP")
 REFRESH_STATUSES = ("COMPLETED", "FAILED", "SKIPPED")
+# Refresh counters exist from the start for these (zero until one happens), so that rate() and increase()
+# answer 0 rather than nothing; other combinations appear with their first occurrence.
+ALWAYS_PRESENT = {
+    (action, status) for action in ("NO_DATA", "FULL", "DIFFERENTIAL") for status in ("COMPLETED", "FAILED")
+}
 MODES = ("DIFFERENTIAL", "FULL", "KEEP")
 CONFIDENCE = {"low": 1, "medium": 2, "high": 3}
 SEVERITIES = ("OK", "WARN", "ERROR")
@@ -253,7 +258,7 @@ class PgTrickleCollector(Collector):
             for action in ACTIONS:
                 for status in REFRESH_STATUSES:
                     count = totals.refreshes.get((action, status), 0)
-                    if count or (action, status) in (("NO_DATA", "COMPLETED"), ("FULL", "COMPLETED")):
+                    if count or (action, status) in ALWAYS_PRESENT:
                         refreshes.add_metric([*key, action, status], count)
             rows.add_metric([*key, "inserted"], totals.rows_inserted)
             rows.add_metric([*key, "deleted"], totals.rows_deleted)
