@@ -25,7 +25,7 @@ from services.exporter.collector import (
 )
 from services.exporter.history import HistoryTracker
 from tests.monitoring.support import ExporterProcess, http_get, wait_for
-from tests.support import ROOT
+from tests.support import ROOT, require_tool
 
 ENUMERATIONS = {
     "status": set(STATUSES) | set(REFRESH_STATUSES),
@@ -122,6 +122,9 @@ def test_counters_equal_the_history_and_continue_across_restarts(demo_db):
                 assert value in ENUMERATIONS[label], s
             else:
                 assert label in {"le", "check", "version", "engine", "scenario"}, s
+    promtool = require_tool("promtool", "Debian package prometheus")
+    lint = subprocess.run([promtool, "check", "metrics"], input=after, capture_output=True, text=True, timeout=60)
+    assert lint.returncode == 0 and lint.stdout + lint.stderr == "", lint.stdout + lint.stderr
     up = [s.value for s in samples(after) if s.name == "pg_trickle_up"]
     assert up == [1.0]
     info = [s.labels for s in samples(after) if s.name == "pg_trickle_info"]
