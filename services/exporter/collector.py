@@ -375,7 +375,12 @@ class PgTrickleCollector(Collector):
                 "Age of the refresh_efficiency()/recommend_refresh_mode() figures served (seconds)",
             )
             age.add_metric([], max(0.0, time.time() - latest.read_at))
-            out.append(age)
+            took = GaugeMetricFamily(
+                "pg_trickle_exporter_analyses_duration_seconds",
+                "Time the last background read of refresh_efficiency() and recommend_refresh_mode() took (seconds)",
+            )
+            took.add_metric([], latest.duration)
+            out.extend([age, took])
         return out
 
     def ready(self) -> tuple[bool, str]:
