@@ -21,6 +21,7 @@ from services.common.db import first_line
 log = logging.getLogger(__name__)
 
 ANALYSIS_TIMEOUT_MS = 60_000  # one read of both functions; beyond it the previous result stays
+MAX_BACKOFF_S = 600.0
 
 
 @dataclass(frozen=True)
@@ -56,10 +57,15 @@ class AnalysesReader:
         return analyses
 
     def _loop(self) -> None:
+        failures = 0
         while not self.stop.is_set():
             try:
                 self.read_once()
+                failures = 0
             except Exception as exc:  # the database may be away; scrapes report pg_trickle_up
                 self.errors += 1
+                failures += 1
                 log.warning("reading the engine's analyses failed", extra={"fields": {"error": first_line(exc)}})
-            self.stop.wait(self.interval)
+            # After failures (a timeout on a long history, say) wait longer, up to 10 minutes, so that a read
+            # that cannot finish does not keep the database busy.
+            self.stop.wait(min(self.interval * 2 ** min(failures, 10), max(self.interval, MAX_BACKOFF_S)))

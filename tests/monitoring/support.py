@@ -150,11 +150,11 @@ class PrometheusServer:
                 stdout=log,
                 stderr=log,
             )
-        wait_for(
-            lambda: self.proc.poll() is None and http_get(f"{self.url}/-/ready")[0] == 200,
-            30,
-            f"prometheus not ready:\n{self.log()}",
-        )
+        try:
+            wait_for(lambda: self.proc.poll() is None and http_get(f"{self.url}/-/ready")[0] == 200, 30, "")
+        except AssertionError:
+            self.stop()
+            raise AssertionError(f"prometheus not ready:\n{self.log()}") from None
         return self
 
     def stop(self) -> None:

@@ -194,6 +194,17 @@ def test_unreachable_database_gives_up_zero_and_not_ready():
         assert "Traceback" not in exporter.log_text()
 
 
+def test_a_database_without_the_engine_gives_up_zero(new_database):
+    url = new_database("noengine")  # an empty database: no pgtrickle schema
+    with ExporterProcess(url, env={"EXPORTER_SCRAPE_TIMEOUT": "2"}) as exporter:
+        wait_for(lambda: http_get(f"{exporter.url}/healthz")[0] == 200, 15, exporter.log_text())
+        values = {(s.name, tuple(sorted(s.labels.items()))): s.value for s in samples(exporter.metrics_text())}
+        assert values[("pg_trickle_up", ())] == 0
+        assert values[("pg_trickle_exporter_scrape_errors_total", (("stage", "catalog"),))] >= 1
+        assert http_get(f"{exporter.url}/readyz")[0] == 503
+        assert exporter.stop() == 0
+
+
 @pytest.mark.parametrize(
     ("variable", "value", "message"),
     [

@@ -105,7 +105,8 @@ def test_every_dashboard_and_alert_expression_returns_data_and_the_stale_alert_f
                 tmp_path,
                 {"exporter": f"127.0.0.1:{exp.port}", "generator": f"127.0.0.1:{gen.port}"},
                 [_test_rules(tmp_path)],
-            ).start()
+            )
+            prometheus.start()
             wait_for(prometheus.targets_up, 20, f"targets not up:\n{prometheus.log()}")
 
             # Every expression answers (within 40 s: rate windows need a few scrapes, bursts come every 3 s).
