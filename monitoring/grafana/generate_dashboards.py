@@ -312,7 +312,7 @@ def refreshes_dashboard() -> model.Dashboard:
             .calculate(False)
             .color(heatmap.HeatmapColorOptions().mode("scheme").scheme("Oranges").steps(64).exponent(0.5))
             .y_axis(heatmap.YAxisConfig().unit("s"))
-            .cell_values(heatmap.CellValues().unit("reqps"))
+            .cell_values(heatmap.CellValues().unit("ops"))
             .height(8)
             .span(12)
         )
