@@ -391,7 +391,7 @@ def refreshes_dashboard() -> model.Dashboard:
             )
             .datasource(DATASOURCE)
             .with_target(query(of_scenario(f"pg_trickle_differential_speedup_ratio{{{t}}}"), "{{name}}", instant=True))
-            .unit("suffix:×")
+            .unit("suffix:x")
             .no_value("not measured by this engine")
             .height(8)
             .span(8)

@@ -54,12 +54,13 @@ class ExporterProcess:
         self.log_file = tempfile.NamedTemporaryFile(prefix="exporter-", suffix=".log", delete=False)  # noqa: SIM115
         self.env = {
             "PATH": os.environ.get("PATH", ""),
-            "DATABASE_URL": database_url,
             "EXPORTER_HOST": "127.0.0.1",
             "EXPORTER_PORT": str(self.port),
             "LOG_LEVEL": "INFO",
             **(env or {}),
         }
+        if database_url:
+            self.env["DATABASE_URL"] = database_url
         self.proc: subprocess.Popen | None = None
 
     @property

@@ -11,6 +11,7 @@ from datetime import UTC, datetime
 import psycopg
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
+from psycopg.conninfo import conninfo_to_dict
 
 from devenv.postgres import free_port
 from services.common import pgtrickle
@@ -23,9 +24,10 @@ from services.exporter.collector import (
     schedule_seconds,
     speedup_ratio,
 )
+from services.exporter.config import load_config
 from services.exporter.history import HistoryTracker
 from tests.monitoring.support import ExporterProcess, http_get, wait_for
-from tests.support import ROOT, require_tool
+from tests.support import ROOT, TEST_PASSWORDS, require_tool
 
 ENUMERATIONS = {
     "status": set(STATUSES) | set(REFRESH_STATUSES),
@@ -234,3 +236,35 @@ def test_schedule_and_speedup_parsing():
     assert schedule_seconds(None) is None and schedule_seconds("*/5 * * * *") is None
     assert schedule_seconds("calculated") is None
     assert speedup_ratio("12.5x") == 12.5 and speedup_ratio(None) is None and speedup_ratio("n/a") is None
+
+
+def test_libpq_variables_and_the_reader_password(demo_db, pg_server):
+    """As the chart and compose start it: PG* variables, PGUSER demo_reader, DEMO_READER_PASSWORD."""
+    db = demo_db("ecommerce")
+    env = {
+        "PGHOST": pg_server.host,
+        "PGPORT": str(pg_server.port),
+        "PGDATABASE": db.database,
+        "PGUSER": "demo_reader",
+        "DEMO_READER_PASSWORD": TEST_PASSWORDS["DEMO_READER_PASSWORD"],
+        "DEMO_SCENARIO": "ecommerce",
+    }
+    with ExporterProcess("", env=env) as exporter:
+        exporter.wait_ready()
+        assert "pg_trickle_up 1.0" in exporter.metrics_text()
+        assert exporter.stop() == 0
+
+
+def test_configuration_defaults():
+    config = load_config({"DEMO_SCENARIO": "fraud", "DEMO_READER_PASSWORD": "pw", "PGHOST": "db.example"})
+    params = conninfo_to_dict(config.conninfo)
+    assert (params["dbname"], params["user"], params["password"], params["host"]) == (
+        "fraud_demo",
+        "demo_reader",
+        "pw",
+        "db.example",
+    )
+    assert (config.host, config.port, config.scrape_timeout, config.advisor_interval) == ("0.0.0.0", 9188, 5.0, 30.0)  # noqa: S104
+    url = load_config({"DATABASE_URL": "postgresql://someone:secret@h/other", "DEMO_READER_PASSWORD": "pw"})
+    assert conninfo_to_dict(url.conninfo)["dbname"] == "other"
+    assert conninfo_to_dict(url.conninfo)["password"] == "secret"
