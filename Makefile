@@ -4,7 +4,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: install test test-real lint preview bench clean images up down manifests kind-up kind-down test-kind lint-docker print-images
+.PHONY: install test test-real lint preview bench dashboards clean images up down manifests kind-up kind-down test-kind lint-docker print-images
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -30,6 +30,9 @@ preview: $(STAMP) ## embedded PostgreSQL 18 + emulator + bootstrap + scheduler +
 
 bench: $(STAMP) ## benchmarks under tests/bench (print figures; not part of make test)
 	$(PY) -m pytest tests/bench -m bench -s -p no:cacheprovider $(PYTEST_ARGS)
+
+dashboards: $(STAMP) ## regenerate the Grafana dashboards (helm/pg-trickle-demo/dashboards/*.json); commit the result
+	$(PY) monitoring/grafana/generate_dashboards.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache test-output .preview

@@ -271,15 +271,126 @@ def recent_refreshes(conn: psycopg.Connection, limit: int = 40, *, finished_only
     return _fetch(conn, RefreshEvent, f"{_HISTORY} {where} ORDER BY rh.start_time DESC LIMIT %s", (limit,))
 
 
-def refreshes_after(conn: psycopg.Connection, after_refresh_id: int, limit: int = 5000) -> list[RefreshEvent]:
-    """Finished refreshes with refresh_id > `after_refresh_id`, oldest first: incremental readers
-    (the exporter) keep the last id they saw, so each read costs only what is new."""
+def refreshes_after(
+    conn: psycopg.Connection, after_refresh_id: int, limit: int = 5000, *, finished_only: bool = True
+) -> list[RefreshEvent]:
+    """Refreshes with refresh_id > `after_refresh_id`, oldest first (finished ones only unless
+    `finished_only=False`, which also returns RUNNING rows): incremental readers (the exporter) keep the
+    last id they saw, so each read costs only what is new (primary-key range scan)."""
+    where = "AND rh.status IN ('COMPLETED', 'FAILED')" if finished_only else ""
     return _fetch(
         conn,
         RefreshEvent,
-        f"{_HISTORY} WHERE rh.refresh_id > %s AND rh.status IN ('COMPLETED', 'FAILED') ORDER BY rh.refresh_id LIMIT %s",
+        f"{_HISTORY} WHERE rh.refresh_id > %s {where} ORDER BY rh.refresh_id LIMIT %s",
         (after_refresh_id, limit),
     )
+
+
+def refreshes_by_id(conn: psycopg.Connection, refresh_ids: list[int]) -> list[RefreshEvent]:
+    """The given refreshes (primary-key lookups), oldest first; ids that no longer exist are left out."""
+    if not refresh_ids:
+        return []
+    return _fetch(
+        conn, RefreshEvent, f"{_HISTORY} WHERE rh.refresh_id = ANY(%s) ORDER BY rh.refresh_id", (list(refresh_ids),)
+    )
+
+
+@dataclass(frozen=True)
+class RefreshTotals:
+    """Finished refreshes of one stream table grouped by action and status, up to a refresh_id."""
+
+    pgt_id: int
+    action: str
+    status: str
+    refreshes: int
+    rows_inserted: int
+    rows_deleted: int
+
+
+@dataclass(frozen=True)
+class DurationBuckets:
+    """Cumulative counts of one stream table's completed refreshes that did work (FULL, DIFFERENTIAL,
+    REINITIALIZE) by duration: `cumulative[i]` = refreshes lasting <= bounds[i] seconds."""
+
+    pgt_id: int
+    cumulative: list[int]
+    count: int
+    sum_seconds: float
+
+
+def history_watermark(conn: psycopg.Connection) -> tuple[int, list[int]]:
+    """(highest refresh_id, ids of refreshes still RUNNING at or below it): where an incremental reader
+    starts. One pass over the history: run it once at start-up, never per scrape."""
+    (top,) = conn.execute("SELECT coalesce(max(refresh_id), 0) FROM pgtrickle.pgt_refresh_history").fetchone()
+    running = conn.execute(
+        "SELECT refresh_id FROM pgtrickle.pgt_refresh_history WHERE status = 'RUNNING' AND refresh_id <= %s"
+        " ORDER BY refresh_id",
+        (top,),
+    ).fetchall()
+    return top, [row[0] for row in running]
+
+
+def refresh_totals(conn: psycopg.Connection, up_to_refresh_id: int) -> list[RefreshTotals]:
+    """Finished refreshes (COMPLETED, FAILED, SKIPPED) with refresh_id <= `up_to_refresh_id`, grouped by
+    stream table, action and status (one pass over the history: start-up only)."""
+    return _fetch(
+        conn,
+        RefreshTotals,
+        """SELECT pgt_id, action, status, count(*) AS refreshes,
+                  coalesce(sum(rows_inserted), 0)::bigint AS rows_inserted,
+                  coalesce(sum(rows_deleted), 0)::bigint AS rows_deleted
+             FROM pgtrickle.pgt_refresh_history
+            WHERE refresh_id <= %s AND status IN ('COMPLETED', 'FAILED', 'SKIPPED')
+            GROUP BY pgt_id, action, status""",
+        (up_to_refresh_id,),
+    )
+
+
+WORK_ACTIONS = ("FULL", "DIFFERENTIAL", "REINITIALIZE")
+
+
+def refresh_duration_buckets(
+    conn: psycopg.Connection, up_to_refresh_id: int, bounds: tuple[float, ...]
+) -> list[DurationBuckets]:
+    """Duration histogram of the COMPLETED refreshes that did work, per stream table, with refresh_id <=
+    `up_to_refresh_id` (one pass over the history: start-up only)."""
+    filters = sql.SQL(", ").join(
+        sql.SQL("count(*) FILTER (WHERE d <= {})").format(sql.Literal(float(bound))) for bound in bounds
+    )
+    query = sql.SQL(
+        """SELECT pgt_id, ARRAY[{}]::bigint[] AS cumulative, count(*) AS count,
+                  coalesce(sum(d), 0)::float8 AS sum_seconds
+             FROM (SELECT pgt_id, extract(epoch FROM end_time - start_time)::float8 AS d
+                     FROM pgtrickle.pgt_refresh_history
+                    WHERE refresh_id <= %s AND status = 'COMPLETED' AND end_time IS NOT NULL
+                      AND action = ANY(%s)) h
+            GROUP BY pgt_id"""
+    ).format(filters)
+    return _fetch(conn, DurationBuckets, query, (up_to_refresh_id, list(WORK_ACTIONS)))
+
+
+@dataclass(frozen=True)
+class ChangeBuffer:
+    """pgtrickle.change_buffer_sizes(): one row per (stream table, source)."""
+
+    stream_table: str
+    source_table: str
+    cdc_mode: str | None
+    pending_rows: int | None
+    buffer_bytes: int | None
+
+
+def change_buffer_sizes(conn: psycopg.Connection) -> list[ChangeBuffer]:
+    return _fetch(
+        conn,
+        ChangeBuffer,
+        "SELECT stream_table, source_table, cdc_mode, pending_rows, buffer_bytes FROM pgtrickle.change_buffer_sizes()",
+    )
+
+
+def database_now(conn: psycopg.Connection) -> datetime:
+    """The server's transaction time: ages are computed against it, never against a local clock."""
+    return conn.execute("SELECT now()").fetchone()[0]
 
 
 def refresh_efficiency(conn: psycopg.Connection) -> list[Efficiency]:

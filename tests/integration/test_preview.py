@@ -57,12 +57,13 @@ MOVING = {
 @pytest.mark.parametrize("scenario", sorted(MOVING))
 def test_preview_runs_the_demo_and_ctrl_c_stops_everything(tmp_path, scenario):
     stream_table, figure = MOVING[scenario]
-    pg_port, http_port = free_port(), free_port()
+    pg_port, http_port, exporter_port = free_port(), free_port(), free_port()
     env = {
         **os.environ,
         "DEMO_SCENARIO": scenario,
         "PREVIEW_PG_PORT": str(pg_port),
         "GENERATOR_HTTP_PORT": str(http_port),
+        "EXPORTER_PORT": str(exporter_port),
         "GENERATOR_RATE": "20",
         "DEMO_PASSWORD": "preview-owner-pw",
         "LOG_LEVEL": "WARNING",
@@ -100,6 +101,19 @@ def test_preview_runs_the_demo_and_ctrl_c_stops_everything(tmp_path, scenario):
             _wait_for(dag_moved, 30, f"new {stream_table} rows to reach the stream tables through the scheduler")
             health = dict(conn.execute("SELECT check_name, severity FROM pgtrickle.health_check()").fetchall())
             assert health["scheduler_running"] == "OK"
+
+        def exporter_metrics():
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{exporter_port}/metrics", timeout=5) as response:
+                    text = response.read().decode()
+            except OSError:
+                return None
+            return text if "pg_trickle_up 1.0" in text else None
+
+        metrics = _wait_for(exporter_metrics, 30, "the exporter's metrics with pg_trickle_up 1")
+        [info] = [line for line in metrics.splitlines() if line.startswith("pg_trickle_info{")]
+        assert 'engine="emulator"' in info and f'scenario="{scenario}"' in info
+        assert f"127.0.0.1:{exporter_port}/metrics" in banner
     finally:
         preview.send_signal(signal.SIGINT)
         try:

@@ -1,0 +1,44 @@
+"""The exporter's settings, from environment variables (documented in the README's Configuration table)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
+
+from services.common.scenarios import DEFAULT_SCENARIO, SCENARIO_NAMES, get_scenario
+from services.common.settings import database_conninfo, env_choice, env_float, env_int, env_str
+
+APPLICATION_NAME = "demo-exporter"
+DEFAULT_USER = "demo_reader"  # read-only: SELECT on the catalog and the stream tables, nothing else
+PASSWORD_VAR = "DEMO_READER_PASSWORD"  # noqa: S105 - the name of a variable, not a password
+
+
+@dataclass(frozen=True)
+class ExporterConfig:
+    scenario: str
+    conninfo: str
+    host: str
+    port: int
+    scrape_timeout: float  # seconds: the whole catalog read of one scrape
+    advisor_interval: float  # seconds between reads of refresh_efficiency() and recommend_refresh_mode()
+
+
+def load_config(env: Mapping[str, str] | None = None) -> ExporterConfig:
+    scenario = env_choice("DEMO_SCENARIO", DEFAULT_SCENARIO, SCENARIO_NAMES, env=env)
+    host = env_str("EXPORTER_HOST", "0.0.0.0", env=env)  # noqa: S104 - a container listens on all interfaces
+    port = env_int("EXPORTER_PORT", 9188, minimum=0, maximum=65535, env=env)
+    scrape_timeout = env_float("EXPORTER_SCRAPE_TIMEOUT", 5.0, minimum=0.1, maximum=300, env=env)
+    advisor_interval = env_float("EXPORTER_ADVISOR_INTERVAL", 30.0, minimum=1, maximum=86400, env=env)
+    params = conninfo_to_dict(database_conninfo(password_var=PASSWORD_VAR, env=env))
+    params.setdefault("dbname", get_scenario(scenario).database)
+    params.setdefault("user", DEFAULT_USER)
+    return ExporterConfig(
+        scenario=scenario,
+        conninfo=make_conninfo("", **params),
+        host=host,
+        port=port,
+        scrape_timeout=scrape_timeout,
+        advisor_interval=advisor_interval,
+    )

@@ -1,0 +1,270 @@
+"""The exporter against real PostgreSQL 18 and the emulator: counters equal the refresh history and carry on
+across exporter restarts, scrapes read only what is new, an unreachable database gives pg_trickle_up 0."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from collections import defaultdict
+from datetime import UTC, datetime
+
+import psycopg
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+from psycopg.conninfo import conninfo_to_dict
+
+from devenv.postgres import free_port
+from services.common import pgtrickle
+from services.exporter.collector import (
+    ACTIONS,
+    MODES,
+    REFRESH_STATUSES,
+    SEVERITIES,
+    STATUSES,
+    schedule_seconds,
+    speedup_ratio,
+)
+from services.exporter.config import load_config
+from services.exporter.history import HistoryTracker
+from tests.monitoring.support import ExporterProcess, http_get, wait_for
+from tests.support import ROOT, TEST_PASSWORDS, require_tool
+
+ENUMERATIONS = {
+    "status": set(STATUSES) | set(REFRESH_STATUSES),
+    "action": set(ACTIONS),
+    "operation": {"inserted", "deleted"},
+    "mode": set(MODES),
+    "severity": set(SEVERITIES),
+    "stage": {"connect", "catalog", "history", "change_buffers", "health_check", "analyses"},
+}
+
+
+def samples(text: str) -> list:
+    return [sample for family in text_string_to_metric_families(text) for sample in family.samples]
+
+
+def refresh_round(admin_url: str, orders: int = 3) -> None:
+    """Writes a few orders, makes every stream table due and runs one emulator tick."""
+    with psycopg.connect(admin_url, autocommit=True) as conn:
+        for _ in range(orders):
+            conn.execute("INSERT INTO orders (customer_id, product_id, quantity, unit_price) VALUES (1, 1, 2, 9.99)")
+        conn.execute("UPDATE pgtrickle.pgt_stream_tables SET last_refresh_at = now() - interval '1 hour'")
+        pgtrickle.emulator_tick(conn)
+
+
+def history_counts(admin_url: str) -> tuple[dict, dict, dict]:
+    """From the database: refreshes by (name, action, status); rows by (name, operation); duration counts."""
+    with psycopg.connect(admin_url) as conn:
+        rows = conn.execute(
+            """SELECT st.pgt_name, h.action, h.status, count(*), sum(h.rows_inserted), sum(h.rows_deleted),
+                      count(*) FILTER (WHERE h.action IN ('FULL', 'DIFFERENTIAL', 'REINITIALIZE')
+                                         AND h.status = 'COMPLETED')
+                 FROM pgtrickle.pgt_refresh_history h JOIN pgtrickle.pgt_stream_tables st USING (pgt_id)
+                WHERE h.status IN ('COMPLETED', 'FAILED', 'SKIPPED')
+                GROUP BY 1, 2, 3"""
+        ).fetchall()
+    refreshes, changed, durations = {}, defaultdict(int), defaultdict(int)
+    for name, action, status, count, inserted, deleted, work in rows:
+        refreshes[(name, action, status)] = count
+        if status == "COMPLETED":
+            changed[(name, "inserted")] += inserted
+            changed[(name, "deleted")] += deleted
+        durations[name] += work
+    return refreshes, dict(changed), dict(durations)
+
+
+def exported_counts(text: str) -> tuple[dict, dict, dict]:
+    refreshes, changed, durations = {}, {}, {}
+    for s in samples(text):
+        if s.name == "pg_trickle_refreshes_total" and s.value:
+            refreshes[(s.labels["name"], s.labels["action"], s.labels["status"])] = int(s.value)
+        elif s.name == "pg_trickle_rows_changed_total":
+            changed[(s.labels["name"], s.labels["operation"])] = int(s.value)
+        elif s.name == "pg_trickle_refresh_duration_seconds_count":
+            durations[s.labels["name"]] = int(s.value)
+    return refreshes, changed, durations
+
+
+def test_counters_equal_the_history_and_continue_across_restarts(demo_db):
+    db = demo_db("ecommerce")
+    refresh_round(db.admin_url)
+    env = {"DEMO_SCENARIO": "ecommerce", "EXPORTER_ADVISOR_INTERVAL": "1"}
+    with ExporterProcess(db.reader_url, env=env) as exporter:
+        exporter.wait_ready()
+        first = exporter.metrics_text()
+        assert exported_counts(first) == history_counts(db.admin_url)
+        refresh_round(db.admin_url)
+        second = exporter.metrics_text()
+        assert exported_counts(second) == history_counts(db.admin_url)
+        assert exported_counts(second)[0] != exported_counts(first)[0], "a refresh round must move the counters"
+        assert exporter.stop() == 0
+    before_restart = exported_counts(second)
+
+    refresh_round(db.admin_url)  # refreshes while no exporter runs
+    with ExporterProcess(db.reader_url, env=env) as exporter:
+        exporter.wait_ready()
+        after = exporter.metrics_text()
+    now = exported_counts(after)
+    assert now == history_counts(db.admin_url)
+    for old, new in zip(before_restart, now, strict=True):
+        for key, value in old.items():
+            assert new[key] >= value, f"{key} went backwards across the restart: {value} -> {new[key]}"
+    assert sum(now[0].values()) > sum(before_restart[0].values())
+
+    # Bounded cardinality: labels come from stream-table names and fixed enumerations only.
+    names = {"product_sales", "customer_stats", "category_revenue", "country_revenue", "catalog_price_impact",
+             "top_10_customers"}  # fmt: skip
+    for s in samples(after):
+        for label, value in s.labels.items():
+            if label == "name":
+                assert value in names, s
+            elif label == "schema":
+                assert value == "public", s
+            elif label in ENUMERATIONS:
+                assert value in ENUMERATIONS[label], s
+            else:
+                assert label in {"le", "check", "version", "engine", "scenario"}, s
+    promtool = require_tool("promtool", "Debian package prometheus")
+    lint = subprocess.run([promtool, "check", "metrics"], input=after, capture_output=True, text=True, timeout=60)
+    assert lint.returncode == 0 and lint.stdout + lint.stderr == "", lint.stdout + lint.stderr
+    up = [s.value for s in samples(after) if s.name == "pg_trickle_up"]
+    assert up == [1.0]
+    info = [s.labels for s in samples(after) if s.name == "pg_trickle_info"]
+    assert info and info[0]["engine"] == "emulator" and info[0]["scenario"] == "ecommerce"
+
+
+def test_a_scrape_reads_only_new_history_and_counts_refreshes_that_finish_later(demo_db):
+    db = demo_db("ecommerce")
+    refresh_round(db.admin_url)
+    tracker = HistoryTracker()
+    with psycopg.connect(db.reader_url) as reader, psycopg.connect(db.admin_url, autocommit=True) as admin:
+        with reader.transaction():
+            tracker.baseline(reader)
+        baseline = {k: dict(v.refreshes) for k, v in tracker.totals.items()}
+        assert tracker.advance(reader, datetime.now(UTC)) == 0, "nothing new: nothing read"
+        reader.commit()
+
+        # A refresh still RUNNING, then a later one that finished: the later one is counted now, the first
+        # when it finishes, each exactly once.
+        pgt_id = admin.execute(
+            "SELECT pgt_id FROM pgtrickle.pgt_stream_tables WHERE pgt_name = 'product_sales'"
+        ).fetchone()[0]
+        running_id = admin.execute(
+            """INSERT INTO pgtrickle.pgt_refresh_history (pgt_id, data_timestamp, start_time, action, status)
+               VALUES (%s, now(), now(), 'FULL', 'RUNNING') RETURNING refresh_id""",
+            (pgt_id,),
+        ).fetchone()[0]
+        admin.execute(
+            """INSERT INTO pgtrickle.pgt_refresh_history (pgt_id, data_timestamp, start_time, end_time, action, status)
+               VALUES (%s, now(), now(), now(), 'NO_DATA', 'COMPLETED')""",
+            (pgt_id,),
+        )
+        assert tracker.advance(reader, datetime.now(UTC)) == 2
+        reader.commit()
+        totals = tracker.totals[pgt_id].refreshes
+        assert totals[("NO_DATA", "COMPLETED")] == baseline[pgt_id].get(("NO_DATA", "COMPLETED"), 0) + 1
+        assert totals[("FULL", "COMPLETED")] == baseline[pgt_id][("FULL", "COMPLETED")]
+        assert tracker.advance(reader, datetime.now(UTC)) == 1, "only the running refresh is looked at again"
+        reader.commit()
+
+        admin.execute(
+            "UPDATE pgtrickle.pgt_refresh_history SET status = 'COMPLETED', end_time = start_time + interval '2 s',"
+            " rows_inserted = 5 WHERE refresh_id = %s",
+            (running_id,),
+        )
+        tracker.advance(reader, datetime.now(UTC))
+        reader.commit()
+        assert tracker.totals[pgt_id].refreshes[("FULL", "COMPLETED")] == baseline[pgt_id][("FULL", "COMPLETED")] + 1
+        assert tracker.running == {}
+        assert tracker.advance(reader, datetime.now(UTC)) == 0
+        cumulative = tracker.totals[pgt_id].cumulative_buckets()
+        assert cumulative[-1] == tracker.totals[pgt_id].duration_count  # the 2 s refresh fits the 60 s bucket
+
+
+def test_unreachable_database_gives_up_zero_and_not_ready():
+    url = f"postgresql://demo_reader:x@127.0.0.1:{free_port()}/ecommerce_demo"
+    with ExporterProcess(url, env={"EXPORTER_SCRAPE_TIMEOUT": "1"}) as exporter:
+        wait_for(lambda: http_get(f"{exporter.url}/healthz")[0] == 200, 15, exporter.log_text())
+        text = exporter.metrics_text()
+        values = {(s.name, tuple(sorted(s.labels.items()))): s.value for s in samples(text)}
+        assert values[("pg_trickle_up", ())] == 0
+        assert values[("pg_trickle_exporter_scrape_errors_total", (("stage", "connect"),))] >= 1
+        assert not any(name.startswith("pg_trickle_stream_table") for name, _ in values)
+        status, body = http_get(f"{exporter.url}/readyz", timeout=10)
+        assert status == 503 and "not readable" in body
+        assert exporter.stop() == 0
+        assert "Traceback" not in exporter.log_text()
+
+
+def test_a_database_without_the_engine_gives_up_zero(new_database):
+    url = new_database("noengine")  # an empty database: no pgtrickle schema
+    with ExporterProcess(url, env={"EXPORTER_SCRAPE_TIMEOUT": "2"}) as exporter:
+        wait_for(lambda: http_get(f"{exporter.url}/healthz")[0] == 200, 15, exporter.log_text())
+        values = {(s.name, tuple(sorted(s.labels.items()))): s.value for s in samples(exporter.metrics_text())}
+        assert values[("pg_trickle_up", ())] == 0
+        assert values[("pg_trickle_exporter_scrape_errors_total", (("stage", "catalog"),))] >= 1
+        assert http_get(f"{exporter.url}/readyz")[0] == 503
+        assert exporter.stop() == 0
+
+
+@pytest.mark.parametrize(
+    ("variable", "value", "message"),
+    [
+        ("EXPORTER_PORT", "abc", "EXPORTER_PORT='abc' is not a valid int"),
+        ("EXPORTER_SCRAPE_TIMEOUT", "0", "EXPORTER_SCRAPE_TIMEOUT='0' is too small"),
+        ("DEMO_SCENARIO", "nope", "DEMO_SCENARIO='nope' is not valid"),
+    ],
+)
+def test_bad_configuration_is_one_line_and_exit_2(variable, value, message):
+    result = subprocess.run(
+        [sys.executable, "-m", "services.exporter"],
+        cwd=ROOT,
+        env={"PATH": "/usr/bin:/bin", variable: value},
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("exporter: configuration error: ") and message in lines[0]
+
+
+def test_schedule_and_speedup_parsing():
+    assert schedule_seconds("1s") == 1 and schedule_seconds("5m") == 300 and schedule_seconds("1h30m") == 5400
+    assert schedule_seconds("90") == 90
+    assert schedule_seconds(None) is None and schedule_seconds("*/5 * * * *") is None
+    assert schedule_seconds("calculated") is None
+    assert speedup_ratio("12.5x") == 12.5 and speedup_ratio(None) is None and speedup_ratio("n/a") is None
+
+
+def test_libpq_variables_and_the_reader_password(demo_db, pg_server):
+    """As the chart and compose start it: PG* variables, PGUSER demo_reader, DEMO_READER_PASSWORD."""
+    db = demo_db("ecommerce")
+    env = {
+        "PGHOST": pg_server.host,
+        "PGPORT": str(pg_server.port),
+        "PGDATABASE": db.database,
+        "PGUSER": "demo_reader",
+        "DEMO_READER_PASSWORD": TEST_PASSWORDS["DEMO_READER_PASSWORD"],
+        "DEMO_SCENARIO": "ecommerce",
+    }
+    with ExporterProcess("", env=env) as exporter:
+        exporter.wait_ready()
+        assert "pg_trickle_up 1.0" in exporter.metrics_text()
+        assert exporter.stop() == 0
+
+
+def test_configuration_defaults():
+    config = load_config({"DEMO_SCENARIO": "fraud", "DEMO_READER_PASSWORD": "pw", "PGHOST": "db.example"})
+    params = conninfo_to_dict(config.conninfo)
+    assert (params["dbname"], params["user"], params["password"], params["host"]) == (
+        "fraud_demo",
+        "demo_reader",
+        "pw",
+        "db.example",
+    )
+    assert (config.host, config.port, config.scrape_timeout, config.advisor_interval) == ("0.0.0.0", 9188, 5.0, 30.0)  # noqa: S104
+    url = load_config({"DATABASE_URL": "postgresql://someone:secret@h/other", "DEMO_READER_PASSWORD": "pw"})
+    assert conninfo_to_dict(url.conninfo)["dbname"] == "other"
+    assert conninfo_to_dict(url.conninfo)["password"] == "secret"
