@@ -14,7 +14,7 @@ from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from services.common.logs import LEVELS
 from services.common.scenarios import DEFAULT_SCENARIO, SCENARIO_NAMES, get_scenario
-from services.common.settings import ConfigError, database_conninfo, env_choice, env_float, env_int, env_str
+from services.common.settings import ConfigError, database_conninfo, env_choice, env_int, env_str
 
 APPLICATION_NAME = "demo-dashboard"
 DEFAULT_USER = "demo_reader"  # read-only: stream tables and the pgtrickle catalog
@@ -29,7 +29,7 @@ class DashboardConfig:
     port: int
     workers: int
     threads: int
-    graceful_timeout: float
+    graceful_timeout: int
     generator_url: str | None  # None: the page hides its generator controls
     statement_timeout_ms: int
     log_level: str
@@ -60,7 +60,7 @@ def load_config(env: Mapping[str, str] | None = None) -> DashboardConfig:
         port=env_int("DASHBOARD_PORT", 8080, minimum=0, maximum=65535, env=env),
         workers=env_int("DASHBOARD_WORKERS", 2, minimum=1, maximum=64, env=env),
         threads=env_int("DASHBOARD_THREADS", 4, minimum=1, maximum=256, env=env),
-        graceful_timeout=env_float("DASHBOARD_GRACEFUL_TIMEOUT", 10.0, minimum=0, maximum=600, env=env),
+        graceful_timeout=env_int("DASHBOARD_GRACEFUL_TIMEOUT", 10, minimum=1, maximum=600, env=env),
         generator_url=_generator_url(env),
         statement_timeout_ms=env_int("DASHBOARD_STATEMENT_TIMEOUT_MS", 2000, minimum=100, maximum=60000, env=env),
         log_level=log_level,

@@ -71,9 +71,14 @@ def panel(
     columns: list[dict] | None = None,
     rows: list[dict] | None = None,
     empty: str = "No rows yet",
+    key: str | None = None,
     wide: bool = False,
 ) -> dict:
-    table = None if columns is None else {"columns": columns, "rows": rows or [], "empty": empty}
+    """`key` names the column that identifies a row (default: the first column); the page highlights rows
+    whose key it has not shown before."""
+    table = None
+    if columns is not None:
+        table = {"columns": columns, "rows": rows or [], "empty": empty, "key": key or columns[0]["key"]}
     return {
         "id": panel_id,
         "title": title,

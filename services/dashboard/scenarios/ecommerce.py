@@ -39,7 +39,7 @@ class View(ScenarioView):
         customers = fetch(conn, TOP_CUSTOMERS)
         prices = fetch(conn, PRICE_IMPACT)
         countries = fetch(conn, COUNTRY_REVENUE)
-        revenue = sum(row["revenue"] or 0 for row in categories)
+        revenue = round(sum(row["revenue"] or 0 for row in categories), 2)
         orders = sum(row["order_count"] or 0 for row in categories)
         biggest = prices[0] if prices else None
         panels = [
@@ -83,6 +83,7 @@ class View(ScenarioView):
                     column("total_spent", "Spent", "money"),
                 ],
                 rows=customers,
+                key="customer_name",
             ),
             panel(
                 "catalog_price_impact",
@@ -116,6 +117,7 @@ class View(ScenarioView):
                     column("total_revenue", "Revenue", "money"),
                 ],
                 rows=countries,
+                wide=True,
             ),
         ]
         tiles = [

@@ -62,8 +62,8 @@ class View(ScenarioView):
         sectors = fetch(conn, SECTORS)
         breaches = fetch(conn, BREACHES)
         trades = fetch(conn, TRADES)[0]["trades"]
-        pnl = sum(row["pnl"] or 0 for row in portfolios)
-        total_var = sum(row["var_95"] or 0 for row in portfolios)
+        pnl = round(sum(row["pnl"] or 0 for row in portfolios), 2)
+        total_var = round(sum(row["var_95"] or 0 for row in portfolios), 2)
         panels = [
             panel(
                 "price_snapshot",
@@ -142,6 +142,7 @@ class View(ScenarioView):
                     column("capital_status", "Status", "badge"),
                 ],
                 rows=breaches,
+                key="portfolio_name",
                 wide=True,
             ),
         ]

@@ -56,7 +56,7 @@ class View(ScenarioView):
         categories = fetch(conn, CATEGORY_VOLUME)
         levels = [level for level in RISK_LEVELS if level in alerts] + sorted(set(alerts) - set(RISK_LEVELS))
         alert_rows = [alerts[level] for level in levels]
-        volume = sum(row["total_volume"] or 0 for row in categories)
+        volume = round(sum(row["total_volume"] or 0 for row in categories), 2)
         panels = [
             panel(
                 "alert_summary",
@@ -84,6 +84,24 @@ class View(ScenarioView):
                 rows=alert_rows,
             ),
             panel(
+                "category_volume",
+                "Volume by merchant category",
+                ["category_volume"],
+                chart=chart(
+                    "bar",
+                    [r["category"] for r in categories],
+                    [{"label": "Volume", "values": [r["total_volume"] for r in categories]}],
+                    fmt="money",
+                ),
+                columns=[
+                    column("category", "Category"),
+                    column("txn_count", "Txns", "int"),
+                    column("unique_users", "Users", "int"),
+                    column("total_volume", "Volume", "money"),
+                ],
+                rows=categories,
+            ),
+            panel(
                 "high_risk_feed",
                 "Live HIGH-risk feed",
                 ["risk_scores"],
@@ -97,6 +115,7 @@ class View(ScenarioView):
                     column("user_avg_amount", "User avg", "money"),
                 ],
                 rows=feed,
+                key="txn_id",
                 empty="No HIGH-risk transaction yet",
                 wide=True,
             ),
@@ -123,6 +142,7 @@ class View(ScenarioView):
                     column("risk_rate_pct", "Risky", "pct"),
                 ],
                 rows=merchants,
+                key="merchant_name",
             ),
             panel(
                 "merchant_tier_stats",
@@ -142,24 +162,6 @@ class View(ScenarioView):
                     column("tier_last_changed", "Changed", "time"),
                 ],
                 rows=tier_changes,
-            ),
-            panel(
-                "category_volume",
-                "Volume by merchant category",
-                ["category_volume"],
-                chart=chart(
-                    "bar",
-                    [r["category"] for r in categories],
-                    [{"label": "Volume", "values": [r["total_volume"] for r in categories]}],
-                    fmt="money",
-                ),
-                columns=[
-                    column("category", "Category"),
-                    column("txn_count", "Txns", "int"),
-                    column("unique_users", "Users", "int"),
-                    column("total_volume", "Volume", "money"),
-                ],
-                rows=categories,
             ),
         ]
         total = sum(row["txn_count"] or 0 for row in alert_rows)

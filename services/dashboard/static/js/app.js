@@ -99,11 +99,10 @@
       const head = el("tr", null, t.columns.map((c) => el("th", { class: NUMERIC.has(c.format) ? "num" : null }, c.label)));
       this.table.appendChild(el("thead", null, head));
       const body = el("tbody");
-      const keys = t.columns.slice(0, 2).map((c) => c.key);
       const seen = new Set();
       if (!t.rows.length) body.appendChild(el("tr", null, el("td", { class: "empty", colspan: String(t.columns.length) }, t.empty)));
       for (const row of t.rows) {
-        const key = JSON.stringify(keys.map((k) => row[k]));
+        const key = JSON.stringify(row[t.key]);
         seen.add(key);
         const fresh = this.seen !== null && !this.seen.has(key);
         body.appendChild(el("tr", { class: fresh ? "fresh" : null }, t.columns.map((c) => cell(row[c.key], c.format))));
@@ -183,8 +182,9 @@
       ref.figure.setAttribute("data-points", String(h.times.length));
       if (!window.Chart) continue;
       const labels = h.times.map((t) => Fmt.time(t));
-      const datasets = h.series.map((s, i) => ({ label: s.label, data: s.values, borderColor: PALETTE[i % PALETTE.length],
-        backgroundColor: PALETTE[i % PALETTE.length] + "33", fill: h.series.length === 1, tension: 0.3, pointRadius: 0,
+      const colour = (s, i) => RISK[String(s.label).toUpperCase()] || PALETTE[i % PALETTE.length];
+      const datasets = h.series.map((s, i) => ({ label: s.label, data: s.values, borderColor: colour(s, i),
+        backgroundColor: colour(s, i) + "33", fill: h.series.length === 1, tension: 0.3, pointRadius: 0,
         borderWidth: 2 }));
       if (ref.chart) {
         ref.chart.data.labels = labels;

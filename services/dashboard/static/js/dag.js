@@ -61,7 +61,7 @@
       for (const n of dag.nodes) counts[n.layer] = Math.max(counts[n.layer], n.order + 1);
       const widest = Math.max(1, ...counts);
       const horizontal = layers <= 5; // deep DAGs (finance: 10 levels) read top to bottom
-      const stepMain = (horizontal ? W : H) + GAP_MAIN;
+      const stepMain = horizontal ? W + GAP_MAIN : H + GAP_MAIN / 2;
       const stepCross = (horizontal ? H : W) + GAP_CROSS;
       const crossSize = widest * stepCross - GAP_CROSS;
       const pos = new Map();
@@ -71,8 +71,8 @@
         const cross = PAD + (horizontal ? LABEL : 0) + offset + n.order * stepCross;
         pos.set(n.id, horizontal ? { x: main, y: cross } : { x: cross, y: main });
       }
-      const width = horizontal ? 2 * PAD + layers * stepMain - GAP_MAIN : 2 * PAD + crossSize;
-      const height = horizontal ? 2 * PAD + LABEL + crossSize : 2 * PAD + LABEL + layers * stepMain - GAP_MAIN;
+      const width = horizontal ? 2 * PAD + (layers - 1) * stepMain + W : 2 * PAD + crossSize;
+      const height = horizontal ? 2 * PAD + LABEL + crossSize : 2 * PAD + LABEL + layers * stepMain - stepMain + H;
       const root = svg("svg", { viewBox: `0 0 ${width} ${height}`, width, height, role: "img",
         "aria-label": `stream-table DAG, ${dag.nodes.length} nodes` });
       const defs = svg("defs");
