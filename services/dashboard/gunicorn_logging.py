@@ -23,16 +23,17 @@ class JsonLogger(Logger):
             log.propagate = False
 
     def access(self, resp, req, environ, request_time) -> None:
+        wsgi = environ  # the request's WSGI environ (not the process environment)
         status = resp.status
         if isinstance(status, str):
             status = status.split(None, 1)[0]
         fields = {
-            "method": environ.get("REQUEST_METHOD"),
-            "path": environ.get("PATH_INFO"),
+            "method": wsgi.get("REQUEST_METHOD"),
+            "path": wsgi.get("PATH_INFO"),
             "status": int(status) if str(status).isdigit() else status,
             "duration_ms": round(request_time.total_seconds() * 1000, 2),
             "bytes": getattr(resp, "sent", None),
-            "remote": environ.get("REMOTE_ADDR"),
-            "user_agent": environ.get("HTTP_USER_AGENT"),
+            "remote": wsgi.get("REMOTE_ADDR"),
+            "user_agent": wsgi.get("HTTP_USER_AGENT"),
         }
         self.access_log.info("request", extra={"fields": fields})

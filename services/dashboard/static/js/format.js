@@ -1,4 +1,4 @@
-/* Formatting and safe DOM helpers. Every dynamic text goes through textContent (never innerHTML). */
+/* Formatting and safe DOM helpers. Every dynamic text goes through textContent (no HTML parsing of data). */
 "use strict";
 (function (global) {
   const intFmt = new Intl.NumberFormat("en-US", { maximumFractionDigits: 0 });
