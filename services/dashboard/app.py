@@ -80,9 +80,9 @@ def create_app(config: DashboardConfig | None = None) -> Flask:
     def _snapshot_part(part: str | None):
         snap = snapshots.get()
         if not snap.ok:
-            return jsonify(snap.payload), 503
+            return app.response_class(snap.body, status=503, mimetype="application/json")
         if part is None:
-            return jsonify(snap.payload)
+            return app.response_class(snap.body, mimetype="application/json")
         return jsonify({"generated_at": snap.payload["generated_at"], part: snap.payload[part]})
 
     @app.get("/")

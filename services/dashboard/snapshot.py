@@ -1,10 +1,13 @@
 """The snapshot: everything the page shows, computed at most once per `max_age` seconds per process.
 
 Concurrent requests coalesce: the first request after the cached snapshot expires computes a new one
-under a lock; requests arriving meanwhile wait for it and share the result, so the database sees one
-computation per second however many viewers poll. With several gunicorn workers each process keeps its
-own cache (and its own short history), so the database sees at most one computation per second per
-worker (DASHBOARD_WORKERS).
+under a lock; requests arriving meanwhile are answered with the previous snapshot (at most a second
+older) instead of queueing behind the computation, so the database sees one computation per second
+however many viewers poll, and no viewer but the one that triggers it waits for it. (With no snapshot
+yet, they wait for the first one.) The JSON body is serialised once per snapshot, not per request.
+
+With several gunicorn workers each process keeps its own cache (and its own short history), so the
+database sees at most one computation per second per worker (DASHBOARD_WORKERS).
 
 A failed computation is cached as well (for `max_age`), so an outage costs the database nothing more
 than one connection attempt per second per worker, and the page gets a clear 503 without error text.
@@ -13,6 +16,7 @@ than one connection attempt per second per worker, and the page gets a clear 503
 from __future__ import annotations
 
 import itertools
+import json
 import logging
 import threading
 import time
@@ -41,6 +45,11 @@ class Snapshot:
     ok: bool
     payload: dict
     computed_at: float  # monotonic
+    body: bytes = b""  # the payload as JSON, serialised once
+
+
+def _snapshot(ok: bool, payload: dict, computed_at: float) -> Snapshot:
+    return Snapshot(ok, payload, computed_at, json.dumps(payload, separators=(",", ":")).encode())
 
 
 class History:
@@ -126,13 +135,17 @@ class SnapshotService:
         current = self._current
         if current is not None and self._clock() - current.computed_at < self.max_age:
             return current
-        with self._lock:
+        if not self._lock.acquire(blocking=current is None):
+            return current  # another request is computing the next snapshot: serve this one meanwhile
+        try:
             current = self._current
             if current is not None and self._clock() - current.computed_at < self.max_age:
                 return current  # another request computed it while this one waited
             current = self._compute()
             self._current = current
             return current
+        finally:
+            self._lock.release()
 
     def _base(self, wall: float) -> dict:
         return {
@@ -157,7 +170,7 @@ class SnapshotService:
             return self._failure(wall, "not_ready", "the scenario's stream tables cannot be read", exc)
         self._last_good, self._down_since = wall, None
         payload["compute_ms"] = round((self._clock() - started) * 1000, 2)
-        return Snapshot(True, payload, self._clock())
+        return _snapshot(True, payload, self._clock())
 
     def _read(self, conn: psycopg.Connection, wall: float) -> dict:
         data = self.view.read(conn)
@@ -191,4 +204,4 @@ class SnapshotService:
                 "last_ok_at": None if self._last_good is None else _iso(self._last_good),
             },
         }
-        return Snapshot(False, payload, self._clock())
+        return _snapshot(False, payload, self._clock())

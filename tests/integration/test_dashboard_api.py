@@ -136,7 +136,7 @@ def test_snapshot_is_computed_at_most_once_a_second_however_many_clients(app, cl
         thread.join(10)
     assert len(results) == 20
     assert service.computations - before == 1, "concurrent requests did not coalesce"
-    assert len(set(results)) == 1
+    assert len(set(results)) <= 2  # the new snapshot, or the previous one while the new one was computed
     time.sleep(1.05)
     client.get("/api/snapshot")
     assert service.computations - before == 2
