@@ -105,7 +105,8 @@ def verdict(rec: pgtrickle.Recommendation) -> str:
     return f"SWITCH TO {rec.recommended_mode}"
 
 
-def internals(conn: psycopg.Connection, refresh_limit: int = 20) -> dict:
+def live_internals(conn: psycopg.Connection, refresh_limit: int = 20) -> dict:
+    """What changes every refresh and is cheap to read: pgt_status() and the newest refreshes."""
     return {
         "status": [
             {
@@ -135,6 +136,12 @@ def internals(conn: psycopg.Connection, refresh_limit: int = 20) -> dict:
             }
             for ev in pgtrickle.recent_refreshes(conn, refresh_limit)
         ],
+    }
+
+
+def slow_internals(conn: psycopg.Connection) -> dict:
+    """Aggregates over the refresh history (efficiency, the Advisor) and health checks: they move slowly."""
+    return {
         "efficiency": [
             {
                 "name": _short(e.pgt_schema, e.pgt_name),

@@ -127,7 +127,8 @@ class SnapshotService:
         self._current: Snapshot | None = None
         self.history = History(view.history_charts)
         self.computations = 0  # how many times the database was read (tests check the coalescing)
-        self._internals: tuple[float, dict] | None = None  # the Advisor and efficiency change slowly
+        # refresh_efficiency(), the Advisor and health_check() aggregate history and move slowly: every 5 s.
+        self._internals: tuple[float, dict] | None = None
         self._last_good: float | None = None
         self._down_since: float | None = None
 
@@ -177,7 +178,8 @@ class SnapshotService:
         engine = catalog.engine(conn)
         dag = catalog.dag(conn)
         if self._internals is None or self._clock() - self._internals[0] >= self.slow_every:
-            self._internals = (self._clock(), catalog.internals(conn))
+            self._internals = (self._clock(), catalog.slow_internals(conn))
+        internals = {**catalog.live_internals(conn), **self._internals[1]}
         self.history.add(wall, data.figures)
         return {
             **self._base(wall),
@@ -187,7 +189,7 @@ class SnapshotService:
             "panels": data.panels,
             "history": self.history.render(),
             "dag": dag,
-            "internals": self._internals[1],
+            "internals": internals,
         }
 
     def _failure(self, wall: float, state: str, detail: str, exc: BaseException) -> Snapshot:
