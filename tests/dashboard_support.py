@@ -37,6 +37,15 @@ CHROMIUM_FLAGS = [
 ]
 
 
+def engine_target(request) -> tuple[str, str]:
+    """(admin URL, engine): TEST_DATABASE_URL with the real pg_trickle when set (make test-real), else the
+    session's local server with the emulator (the same rule as conftest's engine_server, module-scoped)."""
+    real = os.environ.get("TEST_DATABASE_URL")
+    if real:
+        return real, "extension"
+    return request.getfixturevalue("pg_server").admin_url, "emulator"
+
+
 @dataclass(frozen=True)
 class Stack:
     scenario: str

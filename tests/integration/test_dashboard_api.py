@@ -13,15 +13,16 @@ import pytest
 from services.common.scenarios import get_scenario
 from services.dashboard.app import CONTENT_SECURITY_POLICY, close_app, create_app
 from services.dashboard.config import load_config
-from tests.dashboard_support import dashboard_env, scenario_stack, wait_for
+from tests.dashboard_support import dashboard_env, engine_target, scenario_stack, wait_for
 
 pytestmark = pytest.mark.slow
 SCENARIOS = ("ecommerce", "fraud", "finance")
 
 
 @pytest.fixture(scope="module", params=SCENARIOS)
-def stack(request, pg_server):
-    with scenario_stack(pg_server.admin_url, request.param) as stack:
+def stack(request):
+    admin_url, engine = engine_target(request)
+    with scenario_stack(admin_url, request.param, engine) as stack:
         yield stack
 
 
@@ -50,8 +51,12 @@ def test_snapshot_has_every_panel_with_data_the_dag_and_the_internals(client, st
     scenario = get_scenario(stack.scenario)
     snap = _snapshot(client)
     assert snap["scenario"]["name"] == stack.scenario
-    assert snap["engine"]["name"] == "emulator"
-    assert snap["engine"]["label"] == "emulator: full recomputation, differential figures not measured"
+    if stack.engine == "emulator":
+        assert snap["engine"]["name"] == "emulator"
+        assert snap["engine"]["label"] == "emulator: full recomputation, differential figures not measured"
+    else:
+        assert snap["engine"]["name"] == "pg_trickle"
+        assert snap["engine"]["label"] == f"pg_trickle {snap['engine']['version']}"
     assert snap["database"]["state"] == "ok"
     assert snap["tiles"] and all(t["label"] for t in snap["tiles"])
     assert snap["panels"]

@@ -17,6 +17,7 @@ from tests.dashboard_support import (
     PageWatch,
     chromium_browser,
     dashboard_env,
+    engine_target,
     scenario_stack,
     wait_for,
 )
@@ -38,9 +39,10 @@ def browser():
 
 
 @pytest.fixture(scope="module", params=("ecommerce", "fraud", "finance"))
-def served(request, pg_server, browser):
+def served(request, browser):
     scenario = request.param
-    with scenario_stack(pg_server.admin_url, scenario) as stack:
+    admin_url, engine = engine_target(request)
+    with scenario_stack(admin_url, scenario, engine) as stack:
         with psycopg.connect(stack.admin_url, autocommit=True) as conn:
             conn.execute(HOSTILE_NAMES[scenario][0], (HOSTILE,))
         env = dashboard_env(stack, scenario, f"http://127.0.0.1:{stack.generator.port}")
@@ -101,7 +103,7 @@ def test_every_panel_renders_with_data_and_the_dag_and_advisor_are_drawn(page, s
     assert all(re.fullmatch(r"KEEP \w+|SWITCH TO \w+", v) for v in verdicts), verdicts
     assert page.locator("#refreshes tbody tr").count() > 0
     assert page.locator("#efficiency tbody tr").count() == len(scenario.stream_tables)
-    assert "emulator: full recomputation" in page.locator("#fact-engine").inner_text()
+    assert page.locator("#fact-engine").inner_text() == snapshot["engine"]["label"]
     assert page.locator("#fact-database").inner_text() == "connected"
     assert page.locator("#banner").is_hidden()
 
