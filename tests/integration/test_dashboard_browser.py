@@ -107,7 +107,11 @@ def test_every_panel_renders_with_data_and_the_dag_and_advisor_are_drawn(page, s
     assert page.locator("#fact-database").inner_text() == "connected"
     assert page.locator("#banner").is_hidden()
 
-    page.wait_for_timeout(2500)  # let the charts settle for the picture
+    # A few history samples (one every 2 s) for the picture, then let the charts' animations settle.
+    page.wait_for_function(
+        "() => [...document.querySelectorAll('#history figure')].every(f => +f.dataset.points >= 4)", timeout=20000
+    )
+    page.wait_for_timeout(1000)
     page.screenshot(path=str(Path(output_dir) / f"dashboard-{stack.scenario}.png"), full_page=True)
     assert watch.errors == [], watch.errors  # no script error, no CSP violation
     assert watch.dialogs == []
