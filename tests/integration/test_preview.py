@@ -57,13 +57,14 @@ MOVING = {
 @pytest.mark.parametrize("scenario", sorted(MOVING))
 def test_preview_runs_the_demo_and_ctrl_c_stops_everything(tmp_path, scenario):
     stream_table, figure = MOVING[scenario]
-    pg_port, http_port, exporter_port = free_port(), free_port(), free_port()
+    pg_port, http_port, exporter_port, dashboard_port = free_port(), free_port(), free_port(), free_port()
     env = {
         **os.environ,
         "DEMO_SCENARIO": scenario,
         "PREVIEW_PG_PORT": str(pg_port),
         "GENERATOR_HTTP_PORT": str(http_port),
         "EXPORTER_PORT": str(exporter_port),
+        "DASHBOARD_PORT": str(dashboard_port),
         "GENERATOR_RATE": "20",
         "DEMO_PASSWORD": "preview-owner-pw",
         "LOG_LEVEL": "WARNING",
@@ -88,6 +89,18 @@ def test_preview_runs_the_demo_and_ctrl_c_stops_everything(tmp_path, scenario):
                 return None
 
         assert _wait_for(control, 30, "the generator control API")["scenario"] == scenario
+        assert f"http://127.0.0.1:{dashboard_port}/" in banner
+
+        def snapshot():
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{dashboard_port}/api/snapshot", timeout=5) as response:
+                    return json.load(response)
+            except OSError:
+                return None
+
+        served = _wait_for(snapshot, 30, "the dashboard's snapshot")
+        assert served["scenario"]["name"] == scenario and served["controls"] is True
+        assert {n["name"] for n in served["dag"]["nodes"] if n["kind"] == "stream_table"}
         owner = f"postgresql://demo:preview-owner-pw@127.0.0.1:{pg_port}/{scenario}_demo"
         count_events = sql.SQL("SELECT count(*) FROM {}").format(sql.Identifier(stream_table))
         with psycopg.connect(owner, autocommit=True) as conn:

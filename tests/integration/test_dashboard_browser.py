@@ -1,0 +1,190 @@
+"""The page in a real browser (Debian's chromium through Playwright), per scenario: every panel renders
+with data, the DAG has the right nodes and pulses, values move, hostile names stay text, the controls
+work, and the outage banner comes and goes. Screenshots land in test-output/<test>/."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import psycopg
+import pytest
+
+from devenv.postgres import LocalPostgres
+from services.common.scenarios import get_scenario
+from tests.dashboard_support import (
+    DashboardProcess,
+    PageWatch,
+    chromium_browser,
+    dashboard_env,
+    engine_target,
+    scenario_stack,
+    wait_for,
+)
+
+pytestmark = [pytest.mark.browser, pytest.mark.slow]
+HOSTILE = "<img src=x onerror=alert(1)>"
+# Per scenario: a name the page shows, set to HOSTILE before the page loads, and the panel that shows it.
+HOSTILE_NAMES = {
+    "ecommerce": ("INSERT INTO categories (name) VALUES (%s)", "category_revenue"),
+    "fraud": ("UPDATE merchants SET category = %s WHERE category = 'Travel'", "category_volume"),
+    "finance": ("UPDATE sectors SET name = %s WHERE id = (SELECT min(id) FROM sectors)", "price_snapshot"),
+}
+
+
+@pytest.fixture(scope="module")
+def browser():
+    with chromium_browser() as context:
+        yield context
+
+
+@pytest.fixture(scope="module", params=("ecommerce", "fraud", "finance"))
+def served(request, browser):
+    scenario = request.param
+    admin_url, engine = engine_target(request)
+    with scenario_stack(admin_url, scenario, engine) as stack:
+        with psycopg.connect(stack.admin_url, autocommit=True) as conn:
+            conn.execute(HOSTILE_NAMES[scenario][0], (HOSTILE,))
+        env = dashboard_env(stack, scenario, f"http://127.0.0.1:{stack.generator.port}")
+        with DashboardProcess(env) as dash:
+            yield stack, dash
+
+
+@pytest.fixture(scope="module")
+def page(browser, served):
+    _, dash = served
+    page = browser.new_page()
+    watch = PageWatch(page)
+    page.goto(dash.url + "/")
+    page.wait_for_selector("body[data-state=ok]", timeout=20000)
+    yield page, watch
+    page.close()
+
+
+def _panel_counts(page) -> dict[str, tuple[int, int]]:
+    return page.eval_on_selector_all(
+        "#panels .panel",
+        "els => Object.fromEntries(els.map(e => [e.dataset.panelId, [+e.dataset.rows, +e.dataset.points]]))",
+    )
+
+
+def test_every_panel_renders_with_data_and_the_dag_and_advisor_are_drawn(page, served, output_dir):
+    page, watch = page
+    stack, dash = served
+    scenario = get_scenario(stack.scenario)
+    if stack.scenario == "fraud":
+        stack.generator.http("POST", "/control/burst", "{}")  # the HIGH-risk feed fills with a burst
+
+    def all_panels_have_data():
+        counts = _panel_counts(page)
+        return counts and all(rows > 0 or points > 0 for rows, points in counts.values()) and counts
+
+    counts = wait_for(all_panels_have_data, 20, "every panel to show data")
+    _, snapshot = dash.get("/api/snapshot")
+    assert set(counts) == {p["id"] for p in snapshot["panels"]}
+    assert page.locator("#panels canvas").count() == sum(1 for p in snapshot["panels"] if p["chart"])
+    assert page.locator("#tiles .tile").count() == len(snapshot["tiles"])
+    assert page.locator("#history figure").count() == len(snapshot["history"]["charts"])
+
+    nodes = page.locator("#dag svg g.node")
+    assert nodes.count() == len(snapshot["dag"]["nodes"])
+    assert page.locator("#dag svg g.node.st").count() == len(scenario.stream_tables)
+    assert page.locator("#dag svg g.node.source").count() == len(scenario.base_tables)
+    assert page.locator("#dag svg path.edge").count() == len(snapshot["dag"]["edges"])
+    labels = set(page.locator("#dag svg g.node.st text.name").all_text_contents())
+    assert labels == {st.name for st in scenario.stream_tables}
+    assert page.locator("#dag svg g.node.st-ACTIVE").count() == len(scenario.stream_tables)
+    meta = page.locator("#dag svg g.node.st text.meta").all_text_contents()
+    assert any(re.match(r"(DIFF|FULL) · (\d+s|calculated)$", m) for m in meta), meta
+    assert any(m.startswith("stale ") for m in meta), meta
+
+    verdicts = page.locator("#advisor .verdict .vtext").all_text_contents()
+    assert len(verdicts) == len(scenario.stream_tables)
+    assert all(re.fullmatch(r"KEEP \w+|SWITCH TO \w+", v) for v in verdicts), verdicts
+    assert page.locator("#refreshes tbody tr").count() > 0
+    assert page.locator("#efficiency tbody tr").count() == len(scenario.stream_tables)
+    assert page.locator("#fact-engine").inner_text() == snapshot["engine"]["label"]
+    assert page.locator("#fact-database").inner_text() == "connected"
+    assert page.locator("#banner").is_hidden()
+
+    # A few history samples (one every 2 s) for the picture, then let the charts' animations settle.
+    page.wait_for_function(
+        "() => [...document.querySelectorAll('#history figure')].every(f => +f.dataset.points >= 4)", timeout=20000
+    )
+    page.wait_for_timeout(1000)
+    page.screenshot(path=str(Path(output_dir) / f"dashboard-{stack.scenario}.png"), full_page=True)
+    assert watch.errors == [], watch.errors  # no script error, no CSP violation
+    assert watch.dialogs == []
+
+
+def test_values_change_and_refreshed_nodes_pulse_within_5_seconds(page):
+    page, _ = page
+    before = page.locator("#tiles .tile .value").all_text_contents()
+    page.wait_for_function(
+        "before => [...document.querySelectorAll('#tiles .tile .value')].map(e => e.textContent).join('|') !== before",
+        arg="|".join(before),
+        timeout=5000,
+    )
+    page.wait_for_selector("#dag svg g.node[data-pulses]", timeout=5000)
+
+
+def test_hostile_names_render_as_text_and_run_nothing(page, served):
+    page, watch = page
+    stack, _ = served
+    cell = page.locator(f"#panels [data-panel-id={HOSTILE_NAMES[stack.scenario][1]}] td", has_text=HOSTILE)
+    cell.first.wait_for(timeout=10000)
+    assert cell.first.inner_text() == HOSTILE
+    assert page.evaluate("document.querySelectorAll('img').length") == 0
+    assert page.evaluate("document.querySelectorAll('#panels script, #panels [onerror]').length") == 0
+    assert watch.dialogs == []
+
+
+def test_generator_controls_from_the_page(page, served):
+    page, watch = page
+    stack, _ = served
+    before = stack.generator.control()["bursts_committed"]
+    page.click("#btn-burst")
+    wait_for(lambda: stack.generator.control()["bursts_committed"] > before, 10, "a burst from the button")
+    page.fill("#rate-input", "33")
+    page.click("#rate-form button[type=submit]")
+    wait_for(lambda: stack.generator.control()["rate"] == 33, 10, "the new rate")
+    page.click("#btn-pause")
+    wait_for(lambda: stack.generator.control()["paused"], 10, "pause")
+    page.wait_for_selector("#btn-resume:not([disabled])", timeout=6000)
+    page.click("#btn-resume")
+    wait_for(lambda: not stack.generator.control()["paused"], 10, "resume")
+    assert watch.errors == [], watch.errors
+
+
+@pytest.fixture(scope="module")
+def own_server():
+    server = LocalPostgres()
+    server.start()
+    yield server
+    server.destroy()
+
+
+def test_outage_banner_then_recovery_without_reload(own_server, browser, output_dir):
+    with (
+        scenario_stack(own_server.admin_url, "ecommerce") as stack,
+        DashboardProcess(dashboard_env(stack, "ecommerce")) as dash,
+    ):
+        page = browser.new_page()
+        try:
+            page.goto(dash.url + "/")
+            page.wait_for_selector("body[data-state=ok]", timeout=20000)
+            assert page.locator("#controls").count() == 0  # GENERATOR_URL unset: no controls
+            own_server.stop()
+            try:
+                page.wait_for_selector("#banner:not([hidden])", timeout=15000)
+                assert "Database unreachable" in page.locator("#banner").inner_text()
+                assert page.locator("body").get_attribute("data-state") == "down"
+                assert dash.get("/readyz")[0] == 503
+                page.screenshot(path=str(Path(output_dir) / "dashboard-outage.png"), full_page=False)
+            finally:
+                own_server.start()
+            page.wait_for_selector("body[data-state=ok]", timeout=40000)
+            assert page.locator("#banner").is_hidden()
+            assert page.locator("#fact-database").inner_text() == "connected"
+        finally:
+            page.close()
