@@ -108,6 +108,11 @@ SELECT pgtrickle.create_stream_table_if_not_exists(
     refresh_mode => 'FULL'
 );
 
+-- risk_scores keeps one row per transaction. The dashboard's live feed reads its newest HIGH rows; this
+-- partial index keeps that read independent of the history (a stream table is an ordinary heap table, so
+-- it may carry indexes of its own; refreshes maintain them like any other).
+CREATE INDEX IF NOT EXISTS risk_scores_high_feed ON risk_scores (txn_at DESC, txn_id DESC) WHERE risk_level = 'HIGH';
+
 -- L2: per country, rolled up from user_velocity.
 SELECT pgtrickle.create_stream_table_if_not_exists(
     name         => 'country_risk',

@@ -165,3 +165,15 @@ def test_stream_tables_equal_their_queries_after_a_generator_run(demo_db):
         assert conn.execute("SELECT sum(txn_count) FROM alert_summary").fetchone()[0] == total
         assert conn.execute("SELECT count(*) FROM merchant_tier_stats").fetchone()[0] == 15
         assert conn.execute("SELECT count(*) FROM top_10_risky_merchants").fetchone()[0] == 10
+
+
+def test_the_dashboards_high_risk_feed_reads_risk_scores_through_its_partial_index(demo_db):
+    """risk_scores keeps one row per transaction; the live feed must not scan it (sql/fraud/stream_tables.sql)."""
+    from services.dashboard.scenarios.fraud import HIGH_FEED
+
+    db = demo_db("fraud")
+    with psycopg.connect(db.reader_url) as conn:
+        conn.execute("SET enable_seqscan = off")  # the seed is small: ask which access path exists, not its cost
+        plan = "\n".join(row[0] for row in conn.execute(sql.SQL("EXPLAIN {}").format(sql.SQL(HIGH_FEED))))
+        assert "risk_scores_high_feed" in plan, plan
+        assert conn.execute(HIGH_FEED).fetchall(), "the seed has HIGH-risk transactions"
