@@ -7,6 +7,7 @@ found by name. Registering a new scenario is one line: its name in SCENARIO_NAME
 
 from __future__ import annotations
 
+import importlib
 import os
 import tomllib
 from dataclasses import dataclass, field
@@ -95,3 +96,22 @@ def get_scenario(name: str) -> Scenario:
 
 def scenario_from_env(variable: str = "DEMO_SCENARIO") -> Scenario:
     return get_scenario(env_choice(variable, DEFAULT_SCENARIO, SCENARIO_NAMES))
+
+
+def scenario_class(package: str, name: str, class_name: str, base: type) -> type:
+    """The class `class_name` (a subclass of `base`) of scenario `name`'s module in `package` (e.g.
+    services.generator.scenarios.fraud.Generator): how a service finds its per-scenario code by name."""
+    if name not in SCENARIO_NAMES:
+        raise ConfigError(f"unknown scenario {name!r}; available scenarios: {', '.join(SCENARIO_NAMES)}")
+    module_name = f"{package}.{name}"
+    path = module_name.replace(".", "/") + ".py"
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as exc:
+        if exc.name != module_name:
+            raise
+        raise ConfigError(f"scenario {name!r} has no module {path}") from None
+    found = getattr(module, class_name, None)
+    if not (isinstance(found, type) and issubclass(found, base)):
+        raise ConfigError(f"{path} defines no {class_name}({base.__name__})")
+    return found

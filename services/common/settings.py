@@ -131,6 +131,25 @@ def database_conninfo(
     return make_conninfo("", **params)
 
 
+def service_conninfo(
+    *,
+    default_user: str,
+    default_dbname: str,
+    password_var: str,
+    env: Mapping[str, str] | None = None,
+    **defaults: str,
+) -> str:
+    """A service's connection string: DATABASE_URL or the PG* variables, with the service's own role and
+    the scenario database filling what they leave unset, its password variable (e.g. DEMO_READER_PASSWORD)
+    filling a missing password, and `defaults` any other missing libpq parameter (e.g. connect_timeout)."""
+    params = conninfo_to_dict(database_conninfo(password_var=password_var, env=env))
+    params.setdefault("dbname", default_dbname)
+    params.setdefault("user", default_user)
+    for key, value in defaults.items():
+        params.setdefault(key, value)
+    return make_conninfo("", **params)
+
+
 def describe_conninfo(conninfo: str) -> str:
     """host:port/dbname as user, never the password: safe for logs and error messages."""
     params = conninfo_to_dict(conninfo)

@@ -10,11 +10,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
-from psycopg.conninfo import conninfo_to_dict, make_conninfo
-
 from services.common.logs import LEVELS
 from services.common.scenarios import DEFAULT_SCENARIO, SCENARIO_NAMES, get_scenario
-from services.common.settings import ConfigError, database_conninfo, env_choice, env_int, env_str
+from services.common.settings import ConfigError, env_choice, env_int, env_str, service_conninfo
 
 APPLICATION_NAME = "demo-dashboard"
 DEFAULT_USER = "demo_reader"  # read-only: stream tables and the pgtrickle catalog
@@ -49,13 +47,16 @@ def load_config(env: Mapping[str, str] | None = None) -> DashboardConfig:
     env = os.environ if env is None else env
     scenario = env_choice("DEMO_SCENARIO", DEFAULT_SCENARIO, SCENARIO_NAMES, env=env)
     log_level = env_choice("LOG_LEVEL", "INFO", LEVELS + tuple(lv.lower() for lv in LEVELS), env=env).upper()
-    params = conninfo_to_dict(database_conninfo(password_var=PASSWORD_VAR, env=env))
-    params.setdefault("dbname", get_scenario(scenario).database)
-    params.setdefault("user", DEFAULT_USER)
-    params.setdefault("connect_timeout", "3")
+    conninfo = service_conninfo(
+        default_user=DEFAULT_USER,
+        default_dbname=get_scenario(scenario).database,
+        password_var=PASSWORD_VAR,
+        env=env,
+        connect_timeout="3",
+    )
     return DashboardConfig(
         scenario=scenario,
-        conninfo=make_conninfo("", **params),
+        conninfo=conninfo,
         host=env_str("DASHBOARD_HOST", "0.0.0.0", env=env),  # noqa: S104 - a container listens on all interfaces
         port=env_int("DASHBOARD_PORT", 8080, minimum=0, maximum=65535, env=env),
         workers=env_int("DASHBOARD_WORKERS", 2, minimum=1, maximum=64, env=env),

@@ -5,10 +5,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from psycopg.conninfo import conninfo_to_dict, make_conninfo
-
 from services.common.scenarios import DEFAULT_SCENARIO, SCENARIO_NAMES, get_scenario
-from services.common.settings import database_conninfo, env_choice, env_float, env_int, env_str
+from services.common.settings import env_choice, env_float, env_int, env_str, service_conninfo
 
 APPLICATION_NAME = "demo-exporter"
 DEFAULT_USER = "demo_reader"  # read-only: SELECT on the catalog and the stream tables, nothing else
@@ -31,12 +29,12 @@ def load_config(env: Mapping[str, str] | None = None) -> ExporterConfig:
     port = env_int("EXPORTER_PORT", 9188, minimum=0, maximum=65535, env=env)
     scrape_timeout = env_float("EXPORTER_SCRAPE_TIMEOUT", 5.0, minimum=0.1, maximum=300, env=env)
     advisor_interval = env_float("EXPORTER_ADVISOR_INTERVAL", 30.0, minimum=1, maximum=86400, env=env)
-    params = conninfo_to_dict(database_conninfo(password_var=PASSWORD_VAR, env=env))
-    params.setdefault("dbname", get_scenario(scenario).database)
-    params.setdefault("user", DEFAULT_USER)
+    conninfo = service_conninfo(
+        default_user=DEFAULT_USER, default_dbname=get_scenario(scenario).database, password_var=PASSWORD_VAR, env=env
+    )
     return ExporterConfig(
         scenario=scenario,
-        conninfo=make_conninfo("", **params),
+        conninfo=conninfo,
         host=host,
         port=port,
         scrape_timeout=scrape_timeout,

@@ -13,11 +13,9 @@ import secrets
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-from psycopg.conninfo import conninfo_to_dict, make_conninfo
-
 from services.common.logs import LEVELS
 from services.common.scenarios import DEFAULT_SCENARIO, SCENARIO_NAMES, get_scenario
-from services.common.settings import ConfigError, database_conninfo, parse_number
+from services.common.settings import ConfigError, parse_number, service_conninfo
 
 APPLICATION_NAME = "demo-generator"
 DEFAULT_USER = "demo_writer"  # the role the generator is meant to run as (INSERT/UPDATE on base tables)
@@ -170,17 +168,19 @@ def parse_config(argv: Sequence[str] | None = None, env: Mapping[str, str] | Non
     if url is not None:
         env["DATABASE_URL"] = url
     try:
-        conninfo = database_conninfo(password_var=PASSWORD_VAR, env=env)
+        conninfo = service_conninfo(
+            default_user=DEFAULT_USER,
+            default_dbname=get_scenario(scenario).database,
+            password_var=PASSWORD_VAR,
+            env=env,
+            connect_timeout="3",  # a hung connect must not outlast the 5 s stop budget
+        )
     except ConfigError as exc:
         raise ConfigError(" ".join(str(exc).split()).replace("DATABASE_URL", name, 1)) from None
-    params = conninfo_to_dict(conninfo)
-    params.setdefault("dbname", get_scenario(scenario).database)
-    params.setdefault("user", DEFAULT_USER)
-    params.setdefault("connect_timeout", "3")  # a hung connect must not outlast the 5 s stop budget
 
     return GeneratorConfig(
         scenario=scenario,
-        conninfo=make_conninfo("", **params),
+        conninfo=conninfo,
         rate=rate,
         burst_interval=burst_interval,
         slow_change_every=slow_change_every,

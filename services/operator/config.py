@@ -12,7 +12,7 @@ from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from services.common.logs import LEVELS
 from services.common.scenarios import DEFAULT_SCENARIO, SCENARIO_NAMES, get_scenario
-from services.common.settings import ConfigError, database_conninfo, env_choice, env_float, env_int, env_str
+from services.common.settings import ConfigError, env_choice, env_float, env_int, env_str, service_conninfo
 
 APPLICATION_NAME = "demo-operator"
 DEFAULT_USER = "demo"  # the owner role: it creates, alters and drops stream tables
@@ -65,17 +65,16 @@ def load_config(
     health_port = env_int("OPERATOR_HEALTH_PORT", 8081, minimum=0, maximum=65535, env=env)
     sync_interval = env_float("OPERATOR_SYNC_INTERVAL", 10.0, minimum=1.0, maximum=3600.0, env=env)
     namespace = resolve_namespace(env, service_account_file)
-    params = conninfo_to_dict(database_conninfo(password_var=PASSWORD_VAR, env=env))
-    default_database = get_scenario(scenario).database
-    params.setdefault("dbname", default_database)
-    params.setdefault("user", DEFAULT_USER)
+    conninfo = service_conninfo(
+        default_user=DEFAULT_USER, default_dbname=get_scenario(scenario).database, password_var=PASSWORD_VAR, env=env
+    )
     return OperatorConfig(
         scenario=scenario,
         namespace=namespace,
         health_host=health_host,
         health_port=health_port,
         sync_interval=sync_interval,
-        conninfo=make_conninfo("", **params),
-        default_database=params["dbname"],
+        conninfo=conninfo,
+        default_database=conninfo_to_dict(conninfo)["dbname"],
         log_level=log_level,
     )

@@ -10,6 +10,7 @@ import urllib.error
 import urllib.request
 
 import pytest
+from psycopg.conninfo import conninfo_to_dict
 
 from services.common import scenarios
 from services.common.db import Backoff, with_identity
@@ -23,6 +24,7 @@ from services.common.settings import (
     env_choice,
     env_float,
     env_int,
+    service_conninfo,
 )
 from tests.support import ROOT
 
@@ -64,6 +66,49 @@ def test_database_conninfo_from_pg_variables_and_service_password():
     assert "host=pg" in info and "user=demo_writer" in info and "password=pw" in info
 
 
+def test_service_conninfo_fills_only_what_the_environment_leaves_unset():
+    conninfo_of = {
+        "default_user": "demo_reader",
+        "default_dbname": "fraud_demo",
+        "password_var": "DEMO_READER_PASSWORD",
+        "connect_timeout": "3",
+    }
+    info = service_conninfo(env={"PGHOST": "pg", "DEMO_READER_PASSWORD": "pw"}, **conninfo_of)
+    assert conninfo_to_dict(info) == {
+        "host": "pg",
+        "user": "demo_reader",
+        "dbname": "fraud_demo",
+        "password": "pw",
+        "connect_timeout": "3",
+    }
+    given = "postgresql://other:given@db:5433/elsewhere?connect_timeout=9"
+    info = service_conninfo(env={"DATABASE_URL": given, "DEMO_READER_PASSWORD": "pw"}, **conninfo_of)
+    assert conninfo_to_dict(info) == {
+        "host": "db",
+        "port": "5433",
+        "user": "other",
+        "dbname": "elsewhere",
+        "password": "given",
+        "connect_timeout": "9",
+    }
+
+
+def test_scenario_class_finds_a_services_per_scenario_class_by_module_name():
+    from services.generator.scenarios import ScenarioGenerator
+    from services.generator.scenarios.fraud import Generator
+
+    package = "services.generator.scenarios"
+    assert scenarios.scenario_class(package, "fraud", "Generator", ScenarioGenerator) is Generator
+    with pytest.raises(ConfigError, match="unknown scenario 'weather'"):
+        scenarios.scenario_class(package, "weather", "Generator", ScenarioGenerator)
+    with pytest.raises(ConfigError, match=r"scenario 'fraud' has no module services/exporter/fraud\.py"):
+        scenarios.scenario_class("services.exporter", "fraud", "Generator", ScenarioGenerator)
+    with pytest.raises(
+        ConfigError, match=r"services/generator/scenarios/fraud\.py defines no View\(ScenarioGenerator\)"
+    ):
+        scenarios.scenario_class(package, "fraud", "View", ScenarioGenerator)
+
+
 def test_bad_database_url_is_a_config_error():
     with pytest.raises(ConfigError, match="DATABASE_URL is not a valid connection string"):
         database_conninfo(env={"DATABASE_URL": "postgresql://[broken"})
@@ -101,22 +146,17 @@ def test_registry_has_no_scenario_specific_code():
     rest = source.replace(registration[0], "")
     for name in scenarios.SCENARIO_NAMES:
         assert rest.count(f'"{name}"') <= 1  # at most the DEFAULT_SCENARIO line
-    shared = (
-        "bootstrap/core.py",
-        "bootstrap/__main__.py",
-        "common/pgtrickle.py",
-        "common/db.py",
-        "common/settings.py",
-        "generator/engine.py",
-        "generator/config.py",
-        "generator/main.py",
-        "generator/control.py",
-        "generator/metrics.py",
-        "generator/scenarios/__init__.py",
-    )
-    for module in shared:
-        text = (ROOT / "services" / module).read_text()
-        assert not any(f'"{name}"' in text for name in scenarios.SCENARIO_NAMES), module
+    # Every other module of every service: only services/<service>/scenarios/<name>.py know a scenario.
+    per_scenario = {f"{name}.py" for name in scenarios.SCENARIO_NAMES}
+    shared = [
+        path
+        for path in (ROOT / "services").rglob("*.py")
+        if path.name != "scenarios.py" and not (path.parent.name == "scenarios" and path.name in per_scenario)
+    ]
+    assert len(shared) > 30, "the scan found too few modules"
+    for path in shared:
+        text = path.read_text()
+        assert not any(f'"{name}"' in text for name in scenarios.SCENARIO_NAMES), path.relative_to(ROOT)
 
 
 def test_scenario_manifest_matches_the_seed_for_ecommerce():

@@ -13,7 +13,6 @@ always inserts text with textContent: names such as `<img src=x onerror=...>` st
 
 from __future__ import annotations
 
-import importlib
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
@@ -23,8 +22,7 @@ from typing import Any
 import psycopg
 from psycopg.rows import dict_row
 
-from services.common.scenarios import SCENARIO_NAMES
-from services.common.settings import ConfigError
+from services.common.scenarios import scenario_class
 
 # Column formats the page knows: text, int, money, number, pct (a value already in percent), price,
 # time (ISO timestamp), badge (a level such as HIGH/MEDIUM/LOW or OK/WARNING/BREACH), direction
@@ -118,16 +116,5 @@ class ScenarioView(ABC):
 
 
 def load_view(name: str) -> ScenarioView:
-    if name not in SCENARIO_NAMES:
-        raise ConfigError(f"unknown scenario {name!r}; available scenarios: {', '.join(SCENARIO_NAMES)}")
-    try:
-        module = importlib.import_module(f"{__name__}.{name}")
-    except ModuleNotFoundError as exc:
-        if exc.name != f"{__name__}.{name}":
-            raise
-        missing = f"services/dashboard/scenarios/{name}.py"
-        raise ConfigError(f"scenario {name!r} has no dashboard module ({missing})") from None
-    view_class = getattr(module, "View", None)
-    if not (isinstance(view_class, type) and issubclass(view_class, ScenarioView)):
-        raise ConfigError(f"services/dashboard/scenarios/{name}.py defines no View(ScenarioView)")
-    return view_class()
+    """The dashboard view of scenario `name`, found by module name."""
+    return scenario_class(__name__, name, "View", ScenarioView)()

@@ -16,7 +16,6 @@ A value in a row is an int, a str, a Decimal or None (written as SQL NULL).
 
 from __future__ import annotations
 
-import importlib
 import random
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
@@ -24,8 +23,7 @@ from dataclasses import dataclass, field
 
 import psycopg
 
-from services.common.scenarios import SCENARIO_NAMES
-from services.common.settings import ConfigError
+from services.common.scenarios import scenario_class
 
 
 @dataclass(frozen=True)
@@ -115,17 +113,4 @@ class LookupsNotReady(RuntimeError):
 
 def load_scenario(name: str, seed: int) -> ScenarioGenerator:
     """The generator of scenario `name`, found by module name."""
-    if name not in SCENARIO_NAMES:
-        raise ConfigError(f"unknown scenario {name!r}; available scenarios: {', '.join(SCENARIO_NAMES)}")
-    try:
-        module = importlib.import_module(f"{__name__}.{name}")
-    except ModuleNotFoundError as exc:
-        if exc.name != f"{__name__}.{name}":
-            raise
-        raise ConfigError(
-            f"scenario {name!r} has no generator module (services/generator/scenarios/{name}.py)"
-        ) from None
-    generator_class = getattr(module, "Generator", None)
-    if not (isinstance(generator_class, type) and issubclass(generator_class, ScenarioGenerator)):
-        raise ConfigError(f"services/generator/scenarios/{name}.py defines no Generator(ScenarioGenerator)")
-    return generator_class(seed)
+    return scenario_class(__name__, name, "Generator", ScenarioGenerator)(seed)
