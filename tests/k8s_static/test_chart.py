@@ -306,6 +306,8 @@ def test_notes_give_urls_and_port_forwards():
     assert "helm test demo" in notes
     kind_notes = render(chart_values("values.yaml", "values-kind.yaml"))["pg-trickle-demo/templates/NOTES.txt"]
     assert "http://localhost:8080/" in kind_notes
+    assert "http://localhost:9188/metrics" in kind_notes and "localhost:8000/control" in kind_notes
+    assert "port-forward" not in kind_notes.split("Switch scenario")[0], "kind needs no port-forward"
     ingress_notes = render({"ingress": {"enabled": True, "host": "demo.example"}})[
         "pg-trickle-demo/templates/NOTES.txt"
     ]
