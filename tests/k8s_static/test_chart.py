@@ -155,6 +155,25 @@ def test_scenario_values_file_sets_demo_scenario_everywhere():
         assert seen == 5  # bootstrap, generator, dashboard, exporter, operator
 
 
+def test_switching_scenario_rolls_the_services_and_keeps_postgres():
+    """`helm upgrade -f values-fraud.yaml` after an ecommerce install: every service's pod template changes (so
+    they restart with the new DEMO_SCENARIO), the bootstrap hook runs again with it, and the PostgreSQL
+    StatefulSet (pod template, volume claim, config) is untouched, so its volume and data stay."""
+    before = render_objects(chart_values("values.yaml", "values-ecommerce.yaml"), namespace="pgtd")
+    after = render_objects(chart_values("values.yaml", "values-fraud.yaml"), namespace="pgtd")
+    for comp in ("generator", "dashboard", "exporter", "operator"):
+        old, new = workload(before, "Deployment", comp), workload(after, "Deployment", comp)
+        assert old["spec"]["template"] != new["spec"]["template"], comp
+        assert {"name": "DEMO_SCENARIO", "value": "fraud"} in containers(new)[0]["env"], comp
+    job = workload(after, "Job", "bootstrap")
+    assert "post-upgrade" in job["metadata"]["annotations"]["helm.sh/hook"]
+    assert "before-hook-creation" in job["metadata"]["annotations"]["helm.sh/hook-delete-policy"]
+    assert {"name": "DEMO_SCENARIO", "value": "fraud"} in containers(job)[0]["env"]
+    assert workload(before, "StatefulSet", "postgres") == workload(after, "StatefulSet", "postgres")
+    configs = [[o for o in objs if o["kind"] == "ConfigMap" and component(o) == "postgres"] for objs in (before, after)]
+    assert configs[0] == configs[1] and len(configs[0]) == 1
+
+
 def test_generated_secret_is_random_and_kept_on_uninstall():
     def secret():
         (obj,) = [o for o in render_objects({}) if o["kind"] == "Secret"]
