@@ -2,7 +2,8 @@
 
 It builds the images, creates a throw-away kind cluster (own name, free localhost ports), installs the chart
 with `make kind-up`, waits, then checks that the dashboard's /api/snapshot serves stream-table rows, that the exporter
-reports refreshes, and that `helm test` passes; it uninstalls and deletes the cluster at the end. Where Docker,
+reports refreshes, and that `helm test` passes, then that `helm upgrade` to the fraud scenario keeps the volume and
+serves fraud; it uninstalls and deletes the cluster at the end. Where Docker,
 kind, helm or kubectl is missing it skips and says which.
 """
 
