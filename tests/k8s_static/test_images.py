@@ -80,3 +80,28 @@ def test_image_names_agree_between_chart_makefile_and_compose():
         assert f"image: pg-trickle-demo/{name}:{chart['appVersion']}" in compose
     values = yaml.safe_load((CHART / "values.yaml").read_text())
     assert values["image"]["repository"] == "pg-trickle-demo" and values["image"]["tag"] == ""
+
+
+def test_kind_port_mappings_match_the_nodeports_and_the_compose_urls():
+    """kind-config.yaml maps each NodePort of values-kind.yaml to the same localhost port compose uses, so the
+    README's URLs (dashboard 8080, exporter 9188, generator 8000) hold for both; images are never pulled."""
+    kind = yaml.safe_load((ROOT / "kind-config.yaml").read_text())
+    (node,) = kind["nodes"]
+    mappings = {m["containerPort"]: m["hostPort"] for m in node["extraPortMappings"]}
+    assert {m["listenAddress"] for m in node["extraPortMappings"]} == {"127.0.0.1"}
+    values = yaml.safe_load((CHART / "values-kind.yaml").read_text())
+    assert values["image"]["pullPolicy"] == "Never"
+    by_service = {}
+    for name, port in SERVICE_PORTS.items():
+        service = values.get(name, {}).get("service")
+        if service is None:
+            continue
+        assert service["type"] == "NodePort", name
+        by_service[name] = mappings[service["nodePort"]]
+        assert by_service[name] == port, f"{name}: kind maps its NodePort to localhost:{by_service[name]}"
+    assert set(by_service) == {"generator", "dashboard", "exporter"}
+    assert len(mappings) == len(by_service), "every mapping belongs to a NodePort of values-kind.yaml"
+    compose = yaml.safe_load((ROOT / "compose.yaml").read_text())
+    for name, port in by_service.items():
+        (published,) = compose["services"][name]["ports"]
+        assert re.fullmatch(rf"127\.0\.0\.1:\$\{{[A-Z_]+:-{port}\}}:{port}", published), (name, published)
