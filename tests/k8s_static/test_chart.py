@@ -125,6 +125,13 @@ def test_values_schema_rejects_bad_values():
         {"unknownTopLevelKey": True},
         {"exporter": {"scrapeTimeout": -1}},
         {"dashboard": {"workers": 0}},
+        {"generator": {"burstInterval": -3}},
+        {"generator": {"slowChangeEvery": -1}},
+        {"generator": {"bogus": 1}},
+        {"generator": {"service": {"type": "NodePort", "nodePort": 80}}},
+        {"bootstrap": {"backoffLimit": -1}},
+        {"postgres": {"config": {"shared_preload_libraries": "pg_stat_statements"}}},
+        {"image": {"pullPolicy": "Sometimes"}},
     ]
     for values in bad:
         with pytest.raises(hp.HelmError):
