@@ -187,6 +187,16 @@ def test_kind_nodeports_are_reachable_from_the_laptop():
     assert not allowed(policies, Address(HOST), pods["generator"], 8000)
 
 
+def test_restricting_the_dashboard_keeps_helm_test_working():
+    ingress_nginx = Pod("ingress-nginx-controller", "ingress-nginx", {"app.kubernetes.io/name": "ingress-nginx"})
+    only_ingress = [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "ingress-nginx"}}}]
+    policies, pods = release({"networkPolicy": {"dashboardFrom": only_ingress}})
+    assert allowed(policies, ingress_nginx, pods["dashboard"], 8080)
+    assert allowed(policies, pods["test"], pods["dashboard"], 8080)
+    assert not allowed(policies, PROMETHEUS, pods["dashboard"], 8080)
+    assert not allowed(policies, Address(HOST), pods["dashboard"], 8080)
+
+
 def test_external_mode_lets_clients_reach_the_external_server():
     policies, pods = release(EXTERNAL)
     for client in CLIENTS:
