@@ -347,3 +347,51 @@ def test_helm_test_pod_checks_dashboard_and_exporter():
     assert "demo-pg-trickle-demo-dashboard:8080/readyz" in script
     assert "demo-pg-trickle-demo-exporter:9188/metrics" in script
     compile(script, "helm-test", "exec")  # the check is valid Python
+
+
+def _serve(routes: dict[str, tuple[int, str]]):
+    """A throw-away HTTP server on 127.0.0.1 answering `routes` ({path: (status, body)})."""
+    import http.server
+    import threading
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            status, body = routes.get(self.path, (404, "not found"))
+            self.send_response(status)
+            self.end_headers()
+            self.wfile.write(body.encode())
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server
+
+
+@pytest.mark.parametrize(
+    ("readyz", "metrics", "passes"),
+    [
+        ((200, "ok"), "# HELP pg_trickle_up x\n# TYPE pg_trickle_up gauge\npg_trickle_up 1.0\n", True),
+        ((200, "ok"), "# TYPE pg_trickle_up gauge\npg_trickle_up 0.0\npg_trickle_info 1.0\n", False),
+        ((503, "not ready"), "pg_trickle_up 1.0\n", False),
+        ((200, "ok"), "python_info 1.0\n", False),
+    ],
+)
+def test_helm_test_script_passes_only_when_ready_and_up(readyz, metrics, passes):
+    """The rendered `helm test` script, pointed at local stand-ins for the two Services."""
+    import subprocess
+    import sys
+
+    (pod,) = [o for o in render_objects({}) if o["kind"] == "Pod"]
+    script = pod["spec"]["containers"][0]["args"][0]
+    server = _serve({"/readyz": readyz, "/metrics": (200, metrics)})
+    try:
+        base = f"http://127.0.0.1:{server.server_address[1]}"
+        script = script.replace("http://demo-pg-trickle-demo-dashboard:8080", base)
+        script = script.replace("http://demo-pg-trickle-demo-exporter:9188", base)
+        result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert (result.returncode == 0) == passes, result.stdout + result.stderr
