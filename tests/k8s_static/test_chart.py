@@ -175,6 +175,9 @@ def test_switching_scenario_rolls_the_services_and_keeps_postgres():
     job = workload(after, "Job", "bootstrap")
     assert "post-upgrade" in job["metadata"]["annotations"]["helm.sh/hook"]
     assert "before-hook-creation" in job["metadata"]["annotations"]["helm.sh/hook-delete-policy"]
+    assert job["spec"]["template"]["spec"]["restartPolicy"] == "Never", "a failed attempt keeps its pod and logs"
+    connect = next(e["value"] for e in containers(job)[0]["env"] if e["name"] == "BOOTSTRAP_CONNECT_TIMEOUT")
+    assert job["spec"]["backoffLimit"] >= 1 and job["spec"]["activeDeadlineSeconds"] > int(connect)
     assert {"name": "DEMO_SCENARIO", "value": "fraud"} in containers(job)[0]["env"]
     assert workload(before, "StatefulSet", "postgres") == workload(after, "StatefulSet", "postgres")
     configs = [[o for o in objs if o["kind"] == "ConfigMap" and component(o) == "postgres"] for objs in (before, after)]
