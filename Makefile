@@ -87,7 +87,11 @@ kind-up: images ## kind cluster + images + helm upgrade --install with values-$(
 	@command -v $(KUBECTL) >/dev/null || { echo "error: kubectl is not installed" >&2; exit 2; }
 	$(KIND) get clusters 2>/dev/null | grep -qx '$(KIND_CLUSTER)' || $(KIND) create cluster --name $(KIND_CLUSTER) --config $(KIND_CONFIG)
 	$(DOCKER) image inspect $(PG_TRICKLE_IMAGE) >/dev/null 2>&1 || $(DOCKER) pull $(PG_TRICKLE_IMAGE)
-	$(KIND) load docker-image --name $(KIND_CLUSTER) $(PG_TRICKLE_IMAGE) $(IMAGES)
+	$(KIND) load docker-image --name $(KIND_CLUSTER) $(IMAGES)
+	@# A pulled multi-platform image cannot be loaded from Docker's containerd image store (kind issue 3795):
+	@# then the node pulls it itself (postgres.image.pullPolicy IfNotPresent).
+	$(KIND) load docker-image --name $(KIND_CLUSTER) $(PG_TRICKLE_IMAGE) \
+	  || echo "note: could not load $(PG_TRICKLE_IMAGE) into the node; the node will pull it from the registry"
 	$(HELM) upgrade --install $(RELEASE) $(CHART) --kube-context kind-$(KIND_CLUSTER) -n $(NAMESPACE) --create-namespace \
 	  -f $(CHART)/values-$(SCENARIO).yaml -f $(CHART)/values-kind.yaml --timeout 10m
 	@for d in generator dashboard exporter operator; do \

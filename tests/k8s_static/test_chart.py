@@ -125,6 +125,13 @@ def test_values_schema_rejects_bad_values():
         {"unknownTopLevelKey": True},
         {"exporter": {"scrapeTimeout": -1}},
         {"dashboard": {"workers": 0}},
+        {"generator": {"burstInterval": -3}},
+        {"generator": {"slowChangeEvery": -1}},
+        {"generator": {"bogus": 1}},
+        {"generator": {"service": {"type": "NodePort", "nodePort": 80}}},
+        {"bootstrap": {"backoffLimit": -1}},
+        {"postgres": {"config": {"shared_preload_libraries": "pg_stat_statements"}}},
+        {"image": {"pullPolicy": "Sometimes"}},
     ]
     for values in bad:
         with pytest.raises(hp.HelmError):
@@ -153,6 +160,28 @@ def test_scenario_values_file_sets_demo_scenario_everywhere():
                         assert e["value"] == scenario
                         seen += 1
         assert seen == 5  # bootstrap, generator, dashboard, exporter, operator
+
+
+def test_switching_scenario_rolls_the_services_and_keeps_postgres():
+    """`helm upgrade -f values-fraud.yaml` after an ecommerce install: every service's pod template changes (so
+    they restart with the new DEMO_SCENARIO), the bootstrap hook runs again with it, and the PostgreSQL
+    StatefulSet (pod template, volume claim, config) is untouched, so its volume and data stay."""
+    before = render_objects(chart_values("values.yaml", "values-ecommerce.yaml"), namespace="pgtd")
+    after = render_objects(chart_values("values.yaml", "values-fraud.yaml"), namespace="pgtd")
+    for comp in ("generator", "dashboard", "exporter", "operator"):
+        old, new = workload(before, "Deployment", comp), workload(after, "Deployment", comp)
+        assert old["spec"]["template"] != new["spec"]["template"], comp
+        assert {"name": "DEMO_SCENARIO", "value": "fraud"} in containers(new)[0]["env"], comp
+    job = workload(after, "Job", "bootstrap")
+    assert "post-upgrade" in job["metadata"]["annotations"]["helm.sh/hook"]
+    assert "before-hook-creation" in job["metadata"]["annotations"]["helm.sh/hook-delete-policy"]
+    assert job["spec"]["template"]["spec"]["restartPolicy"] == "Never", "a failed attempt keeps its pod and logs"
+    connect = next(e["value"] for e in containers(job)[0]["env"] if e["name"] == "BOOTSTRAP_CONNECT_TIMEOUT")
+    assert job["spec"]["backoffLimit"] >= 1 and job["spec"]["activeDeadlineSeconds"] > int(connect)
+    assert {"name": "DEMO_SCENARIO", "value": "fraud"} in containers(job)[0]["env"]
+    assert workload(before, "StatefulSet", "postgres") == workload(after, "StatefulSet", "postgres")
+    configs = [[o for o in objs if o["kind"] == "ConfigMap" and component(o) == "postgres"] for objs in (before, after)]
+    assert configs[0] == configs[1] and len(configs[0]) == 1
 
 
 def test_generated_secret_is_random_and_kept_on_uninstall():
@@ -306,6 +335,8 @@ def test_notes_give_urls_and_port_forwards():
     assert "helm test demo" in notes
     kind_notes = render(chart_values("values.yaml", "values-kind.yaml"))["pg-trickle-demo/templates/NOTES.txt"]
     assert "http://localhost:8080/" in kind_notes
+    assert "http://localhost:9188/metrics" in kind_notes and "localhost:8000/control" in kind_notes
+    assert "port-forward" not in kind_notes.split("Switch scenario")[0], "kind needs no port-forward"
     ingress_notes = render({"ingress": {"enabled": True, "host": "demo.example"}})[
         "pg-trickle-demo/templates/NOTES.txt"
     ]
@@ -319,3 +350,51 @@ def test_helm_test_pod_checks_dashboard_and_exporter():
     assert "demo-pg-trickle-demo-dashboard:8080/readyz" in script
     assert "demo-pg-trickle-demo-exporter:9188/metrics" in script
     compile(script, "helm-test", "exec")  # the check is valid Python
+
+
+def _serve(routes: dict[str, tuple[int, str]]):
+    """A throw-away HTTP server on 127.0.0.1 answering `routes` ({path: (status, body)})."""
+    import http.server
+    import threading
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            status, body = routes.get(self.path, (404, "not found"))
+            self.send_response(status)
+            self.end_headers()
+            self.wfile.write(body.encode())
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server
+
+
+@pytest.mark.parametrize(
+    ("readyz", "metrics", "passes"),
+    [
+        ((200, "ok"), "# HELP pg_trickle_up x\n# TYPE pg_trickle_up gauge\npg_trickle_up 1.0\n", True),
+        ((200, "ok"), "# TYPE pg_trickle_up gauge\npg_trickle_up 0.0\npg_trickle_info 1.0\n", False),
+        ((503, "not ready"), "pg_trickle_up 1.0\n", False),
+        ((200, "ok"), "python_info 1.0\n", False),
+    ],
+)
+def test_helm_test_script_passes_only_when_ready_and_up(readyz, metrics, passes):
+    """The rendered `helm test` script, pointed at local stand-ins for the two Services."""
+    import subprocess
+    import sys
+
+    (pod,) = [o for o in render_objects({}) if o["kind"] == "Pod"]
+    script = pod["spec"]["containers"][0]["args"][0]
+    server = _serve({"/readyz": readyz, "/metrics": (200, metrics)})
+    try:
+        base = f"http://127.0.0.1:{server.server_address[1]}"
+        script = script.replace("http://demo-pg-trickle-demo-dashboard:8080", base)
+        script = script.replace("http://demo-pg-trickle-demo-exporter:9188", base)
+        result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert (result.returncode == 0) == passes, result.stdout + result.stderr

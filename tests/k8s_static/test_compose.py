@@ -12,6 +12,7 @@ from tests.deploy_support import (
     CHART,
     SERVICE_PORTS,
     chart_values,
+    component,
     compose_config,
     containers,
     env_names,
@@ -110,7 +111,21 @@ def test_compose_and_chart_agree(config):
     objects = render_objects(chart_values("values.yaml"))
     services = config["services"]
     sts = workload(objects, "StatefulSet", "postgres")
-    assert containers(sts)[0]["image"] == services["postgres"]["image"]
+    (pg,) = containers(sts)
+    assert pg["image"] == services["postgres"]["image"]
+    # the same data mount (the postgres:18 images' layout: PGDATA /var/lib/postgresql/18/docker under the
+    # mount) and pg_trickle preloaded in both
+    (data_mount,) = [m["mountPath"] for m in pg["volumeMounts"] if m["name"] == "data"]
+    (compose_volume,) = [v["target"] for v in services["postgres"]["volumes"] if v["type"] == "volume"]
+    assert data_mount == compose_volume == "/var/lib/postgresql"
+    pgdata = next(e["value"] for e in pg["env"] if e["name"] == "PGDATA")
+    assert pgdata == "/var/lib/postgresql/18/docker"
+    (config,) = [o for o in objects if o["kind"] == "ConfigMap" and component(o) == "postgres"]
+    assert "shared_preload_libraries = 'pg_trickle'" in config["data"]["postgresql.conf"]
+    assert "shared_preload_libraries=pg_trickle" in services["postgres"]["command"]
+    writable = {v["target"] if isinstance(v, dict) else v.split(":")[0] for v in services["postgres"]["tmpfs"]}
+    assert writable >= {"/tmp", "/var/run/postgresql"}
+    assert {m["mountPath"] for m in pg["volumeMounts"]} >= {"/tmp", "/var/run/postgresql"}
     for name in APP_SERVICES:
         kind = "Job" if name == "bootstrap" else "Deployment"
         (chart_container,) = containers(workload(objects, kind, name))

@@ -3,8 +3,12 @@ user, OCI labels, the contract's entry point and port, and image names shared wi
 
 from __future__ import annotations
 
+import ast
 import re
+import shutil
 import subprocess
+import sys
+import tomllib
 
 import pytest
 import yaml
@@ -80,3 +84,73 @@ def test_image_names_agree_between_chart_makefile_and_compose():
         assert f"image: pg-trickle-demo/{name}:{chart['appVersion']}" in compose
     values = yaml.safe_load((CHART / "values.yaml").read_text())
     assert values["image"]["repository"] == "pg-trickle-demo" and values["image"]["tag"] == ""
+
+
+def test_kind_port_mappings_match_the_nodeports_and_the_compose_urls():
+    """kind-config.yaml maps each NodePort of values-kind.yaml to the same localhost port compose uses, so the
+    README's URLs (dashboard 8080, exporter 9188, generator 8000) hold for both; images are never pulled."""
+    kind = yaml.safe_load((ROOT / "kind-config.yaml").read_text())
+    (node,) = kind["nodes"]
+    mappings = {m["containerPort"]: m["hostPort"] for m in node["extraPortMappings"]}
+    assert {m["listenAddress"] for m in node["extraPortMappings"]} == {"127.0.0.1"}
+    values = yaml.safe_load((CHART / "values-kind.yaml").read_text())
+    assert values["image"]["pullPolicy"] == "Never"
+    by_service = {}
+    for name, port in SERVICE_PORTS.items():
+        service = values.get(name, {}).get("service")
+        if service is None:
+            continue
+        assert service["type"] == "NodePort", name
+        by_service[name] = mappings[service["nodePort"]]
+        assert by_service[name] == port, f"{name}: kind maps its NodePort to localhost:{by_service[name]}"
+    assert set(by_service) == {"generator", "dashboard", "exporter"}
+    assert len(mappings) == len(by_service), "every mapping belongs to a NodePort of values-kind.yaml"
+    compose = yaml.safe_load((ROOT / "compose.yaml").read_text())
+    for name, port in by_service.items():
+        (published,) = compose["services"][name]["ports"]
+        assert re.fullmatch(rf"127\.0\.0\.1:\$\{{[A-Z_]+:-{port}\}}:{port}", published), (name, published)
+
+
+OPERATOR_ONLY = {"kopf", "kubernetes"}
+
+
+def _requirements(name: str, tmp_path) -> list[str]:
+    """What the Dockerfile's builder writes to requirements.txt, by running its own command with /bin/sh."""
+    text = dockerfile(name).replace("\\\n", " ")
+    (command,) = re.findall(r"^RUN (python -c .*?> requirements\.txt)", text, re.MULTILINE)
+    shutil.copy(ROOT / "pyproject.toml", tmp_path / "pyproject.toml")
+    script = command.replace("python -c", f'"{sys.executable}" -c', 1)
+    subprocess.run(["/bin/sh", "-c", script], cwd=tmp_path, check=True, timeout=60)
+    return (tmp_path / "requirements.txt").read_text().split("\n")[:-1]
+
+
+@pytest.mark.parametrize("name", SERVICES)
+def test_only_the_operator_image_carries_the_kubernetes_libraries(name, tmp_path):
+    with (ROOT / "pyproject.toml").open("rb") as handle:
+        declared = tomllib.load(handle)["project"]["dependencies"]
+    installed = _requirements(name, tmp_path)
+    dist_names = {re.split(r"[^A-Za-z0-9_.-]", d)[0] for d in declared}
+    assert dist_names >= OPERATOR_ONLY, "the operator's libraries are still declared under these names"
+    if name == "operator":
+        assert installed == declared
+    else:
+        assert installed == [d for d in declared if re.split(r"[^A-Za-z0-9_.-]", d)[0] not in OPERATOR_ONLY]
+        assert len(installed) == len(declared) - len(OPERATOR_ONLY)
+
+
+def test_no_other_service_imports_the_kubernetes_libraries():
+    """The four other images lack kopf and kubernetes: nothing outside services/operator may import them."""
+    for path in sorted((ROOT / "services").rglob("*.py")):
+        if path.is_relative_to(ROOT / "services" / "operator"):
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                names = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                names = [node.module]
+            else:
+                continue
+            for module in names:
+                top = module.split(".")[0]
+                assert top not in OPERATOR_ONLY, f"{path.relative_to(ROOT)} imports {module}"
+                assert not module.startswith("services.operator"), f"{path.relative_to(ROOT)} imports {module}"

@@ -2,7 +2,8 @@
 
 It builds the images, creates a throw-away kind cluster (own name, free localhost ports), installs the chart
 with `make kind-up`, waits, then checks that the dashboard's /api/snapshot serves stream-table rows, that the exporter
-reports refreshes, and that `helm test` passes; it uninstalls and deletes the cluster at the end. Where Docker,
+reports refreshes, and that `helm test` passes, then that `helm upgrade` to the fraud scenario keeps the volume and
+serves fraud; it uninstalls and deletes the cluster at the end. Where Docker,
 kind, helm or kubectl is missing it skips and says which.
 """
 
@@ -76,6 +77,7 @@ def kind_release(tmp_path_factory):
             "namespace": namespace,
             "dashboard": f"http://127.0.0.1:{ports[30080]}",
             "exporter": f"http://127.0.0.1:{ports[30188]}",
+            "make_vars": [v for v in make_vars if not v.startswith("SCENARIO=")],
         }
     finally:
         subprocess.run(
@@ -121,3 +123,31 @@ def test_helm_test_passes(kind_release):
         timeout=300,
     )
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def _pvc_uids(kind_release) -> set[str]:
+    result = subprocess.run(
+        ["kubectl", "--context", kind_release["context"], "-n", kind_release["namespace"], "get", "pvc", "-o", "json"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    return {item["metadata"]["uid"] for item in json.loads(result.stdout)["items"]}
+
+
+def test_switching_scenario_with_helm_upgrade_keeps_the_volume(kind_release):
+    """Last (it changes the release): `SCENARIO=fraud make kind-up` is `helm upgrade -f values-fraud.yaml`; the
+    bootstrap hook adds fraud_demo to the same volume and the services come back serving the fraud scenario."""
+    volumes = _pvc_uids(kind_release)
+    assert volumes, "the StatefulSet has a PersistentVolumeClaim"
+    upgrade = ["make", "kind-up", *kind_release["make_vars"], "SCENARIO=fraud"]
+    subprocess.run(upgrade, cwd=ROOT, check=True, timeout=1500)
+
+    def serves_fraud():
+        status, body = _get(kind_release["dashboard"] + "/api/snapshot")
+        snapshot = json.loads(body)
+        return status == 200 and snapshot.get("scenario", {}).get("name") == "fraud" and _has_rows(snapshot)
+
+    assert _wait_for(serves_fraud, "the dashboard to serve the fraud scenario after the upgrade")
+    assert _pvc_uids(kind_release) == volumes, "the upgrade kept the database volume"
