@@ -29,8 +29,9 @@ CONNECT_WAIT_S = 5.0
 class Databases:
     """One small autocommit pool per database (a StreamTable's spec.database may name another one)."""
 
-    def __init__(self, config: OperatorConfig):
+    def __init__(self, config: OperatorConfig, *, connect_wait: float = CONNECT_WAIT_S):
         self.config = config
+        self.connect_wait = connect_wait
         self._pools: dict[str, ConnectionPool] = {}
         self._lock = threading.Lock()
 
@@ -56,7 +57,7 @@ class Databases:
 
     @contextmanager
     def connection(self, database: str | None) -> Iterator[psycopg.Connection]:
-        with self.pool(database).connection(timeout=CONNECT_WAIT_S) as conn:
+        with self.pool(database).connection(timeout=self.connect_wait) as conn:
             yield conn
 
     def run(self, database: str | None, work: Callable[[psycopg.Connection], Outcome], *, managed: bool) -> Outcome:
@@ -65,7 +66,30 @@ class Databases:
             with self.connection(database) as conn:
                 return work(conn)
         except (PoolTimeout, psycopg.OperationalError) as exc:
-            return Outcome(managed=managed, problem=reconcile.classify(exc))
+            return Outcome(managed=managed, problem=self.diagnose(database, exc))
+
+    def diagnose(self, database: str | None, exc: BaseException) -> reconcile.Problem:
+        """Why no connection could be had: the pool only says it timed out, so one direct attempt fetches
+        the server's own message, and the default database tells whether spec.database exists at all."""
+        if isinstance(exc, PoolTimeout):
+            try:
+                with psycopg.connect(
+                    self.config.conninfo_for(database), connect_timeout=3, application_name=APPLICATION_NAME
+                ):
+                    pass
+            except psycopg.Error as direct:
+                exc = direct
+        problem = reconcile.classify(exc)
+        name = database or self.config.default_database
+        if problem.reason == "DatabaseUnavailable" and name != self.config.default_database:
+            try:
+                with self.connection(None) as conn:
+                    row = conn.execute("SELECT 1 FROM pg_catalog.pg_database WHERE datname = %s", (name,)).fetchone()
+            except (PoolTimeout, psycopg.Error):
+                return problem  # the server itself is unreachable
+            if row is None:
+                return reconcile.Problem("DatabaseMissing", f'database "{name}" does not exist', retryable=True)
+        return problem
 
     def close(self) -> None:
         with self._lock:
@@ -126,7 +150,32 @@ def _reason(action: str) -> str:
         "dropped": "Dropped",
         "retained": "Retained",
         "left": "Retained",
+        "released": "Released",
     }.get(verb, "Reconciled")
+
+
+RELEASE_HINT = (
+    "; the finalizer stays until this succeeds (set spec.deletionPolicy: Retain to release the resource"
+    " and keep the table)"
+)
+
+
+def removal(databases: Databases, desired: StreamTableSpec, *, managed: bool) -> Outcome:
+    """The finalizer's work. A database that no longer exists cannot hold the stream table: the resource is
+    released. Any other problem keeps the finalizer, and its message says how to let go without dropping."""
+    if desired.deletion_policy == "Retain" or not managed:
+        return reconcile.remove(None, desired, managed=managed)  # nothing to drop: no database needed
+    outcome = databases.run(
+        desired.database, lambda conn: reconcile.remove(conn, desired, managed=managed), managed=managed
+    )
+    problem = outcome.problem
+    if problem is None:
+        return outcome
+    if problem.reason == "DatabaseMissing":
+        gone = f"released: {problem.message}, so neither does stream table {desired.name}"
+        return Outcome(managed=managed, actions=[gone])
+    outcome.problem = reconcile.Problem(problem.reason, problem.message + RELEASE_HINT, problem.retryable)
+    return outcome
 
 
 def build_registry(
@@ -138,6 +187,7 @@ def build_registry(
     kopf.on.login(registry=registry)(login or kopf.login_via_client)
     on = {"group": GROUP, "version": VERSION, "plural": PLURAL, "registry": registry}
     retry_delay = config.sync_interval
+    snapshots = reconcile.StatusSnapshots(max_age=config.sync_interval)
 
     def database_of(desired: StreamTableSpec) -> str:
         return desired.database or config.default_database
@@ -220,6 +270,7 @@ def build_registry(
                 managed=managed,
                 suspended_by_operator=bool(status.get("suspendedByOperator", False)),
                 recreate=applied,
+                status_lookup=lambda c, table: snapshots.lookup(database_of(desired), c, table),
             ),
             managed=managed,
         )
@@ -245,10 +296,7 @@ def build_registry(
             desired = parse_spec(spec, meta["name"])
         except SpecError:
             return  # nothing was ever created from an invalid spec
-        managed = bool(status.get("managed", False))
-        outcome = databases.run(
-            desired.database, lambda conn: reconcile.remove(conn, desired, managed=managed), managed=managed
-        )
+        outcome = removal(databases, desired, managed=bool(status.get("managed", False)))
         _report(body, outcome, status)
         if outcome.problem is not None:
             problem = outcome.problem

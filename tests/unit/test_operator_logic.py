@@ -137,6 +137,13 @@ def test_database_errors_are_classified():
     assert reconcile.classify(pgerrors.UndefinedTable("relation x")).retryable
     assert reconcile.classify(pgerrors.SyntaxError("syntax error")).retryable is False
     assert reconcile.classify(pgerrors.InsufficientPrivilege("no")).reason == "PermissionDenied"
+    # OperationalError is wider than "unreachable": timeouts are retried as such, refusals wait for the spec
+    assert reconcile.classify(pgerrors.QueryCanceled("canceling statement due to statement timeout")) == Problem(
+        "Timeout", "canceling statement due to statement timeout", True
+    )
+    assert reconcile.classify(pgerrors.ObjectNotInPrerequisiteState("not suspended")).reason == "DatabaseError"
+    assert reconcile.classify(pgerrors.AdminShutdown("terminating connection")).reason == "DatabaseUnavailable"
+    assert reconcile.classify(pgerrors.InvalidCatalogName("no database")).reason == "DatabaseMissing"
 
 
 def test_format_duration():
