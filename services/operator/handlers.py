@@ -220,10 +220,17 @@ def build_registry(
         for key, value in new.items():
             patch.status[key] = value
 
+    @kopf.index(**on, id="owners")
+    def owners(name, status, **_):
+        """(database, schema.name) -> the resources managing that stream table (one, normally)."""
+        if status.get("managed") and status.get("sqlName") and status.get("database"):
+            return {(status["database"], status["sqlName"]): name}
+        return None
+
     @kopf.on.create(**on)
     @kopf.on.update(**on, field="spec")
     @kopf.on.resume(**on)
-    def apply_spec(body, spec, meta, status, patch, **_):
+    def apply_spec(body, spec, meta, status, patch, owners: kopf.Index, **_):
         """Create / alter / replace / suspend / resume so that the stream table matches the spec."""
         try:
             desired = parse_spec(spec, meta["name"])
@@ -231,6 +238,11 @@ def build_registry(
             invalid(body, meta, status, patch, exc)
             return
         managed = bool(status.get("managed", False))
+
+        def claimed_by(qualified_name: str) -> str | None:
+            others = [n for n in owners.get((database_of(desired), qualified_name), []) if n != meta["name"]]
+            return others[0] if others else None
+
         outcome = databases.run(
             desired.database,
             lambda conn: reconcile.apply(
@@ -238,6 +250,7 @@ def build_registry(
                 desired,
                 managed=managed,
                 suspended_by_operator=bool(status.get("suspendedByOperator", False)),
+                claimed_by=claimed_by,
             ),
             managed=managed,
         )

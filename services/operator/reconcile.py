@@ -178,17 +178,20 @@ def apply(
     *,
     managed: bool,
     suspended_by_operator: bool = False,
+    claimed_by: Callable[[str], str | None] = lambda qualified_name: None,
 ) -> Outcome:
     """Brings the stream table in line with `spec`, in one transaction (all or nothing).
 
     `managed`: this resource created or adopted the stream table before (from its status);
-    `suspended_by_operator`: the operator suspended it because of spec.suspend (so it may resume it).
+    `suspended_by_operator`: the operator suspended it because of spec.suspend (so it may resume it);
+    `claimed_by`: the other resource that already manages a stream table of that name, if any (it is
+    never adopted a second time: deleting either resource would drop it under the other).
     """
     outcome = Outcome(managed=managed, suspended_by_operator=suspended_by_operator)
     try:
         with conn.transaction():
             _lock(conn, spec.name)
-            _apply(conn, spec, outcome)
+            _apply(conn, spec, outcome, claimed_by)
     except Exception as exc:
         outcome.problem = classify(exc)
         failed = Outcome(managed=managed, suspended_by_operator=suspended_by_operator, problem=outcome.problem)
@@ -196,7 +199,9 @@ def apply(
     return _observe_into(conn, spec, outcome)
 
 
-def _apply(conn: psycopg.Connection, spec: StreamTableSpec, out: Outcome) -> None:
+def _apply(
+    conn: psycopg.Connection, spec: StreamTableSpec, out: Outcome, claimed_by: Callable[[str], str | None]
+) -> None:
     existing = pgtrickle.find_stream_table(conn, spec.name)
     if existing is None:
         _create(conn, spec)
@@ -207,6 +212,14 @@ def _apply(conn: psycopg.Connection, spec: StreamTableSpec, out: Outcome) -> Non
         return
 
     if not out.managed:
+        owner = claimed_by(existing.qualified_name)
+        if owner is not None:
+            out.problem = Problem(
+                "NameConflict",
+                f"stream table {existing.qualified_name} is already managed by StreamTable {owner}; not adopted",
+                retryable=False,
+            )
+            return
         if not definition_matches(spec, existing):
             out.problem = Problem(
                 "NameConflict",

@@ -133,6 +133,21 @@ async def test_operator_against_kmock(k8s: Emulator, ecommerce, caplog):
             recreated = await eventually(lambda: table("country_counts"), "country_counts re-created")
             assert recreated.pgt_id != created.pgt_id and recreated.schedule == "5m"
 
+            # a second resource naming the same stream table (same definition) does not adopt it again
+            twin = streamtable("country-twin", query=QUERY, schedule="5m")
+            twin["spec"]["name"] = "country_counts"
+            async with k8s.post(BASE, json=twin) as response:
+                assert response.status == 200
+            conflict = await eventually(
+                lambda: (
+                    condition(obj("country-twin"), "Degraded").get("reason") == "NameConflict"
+                    and condition(obj("country-twin"), "Degraded")
+                ),
+                "NameConflict on country-twin",
+            )
+            assert "already managed by StreamTable country-counts" in conflict["message"]
+            assert obj("country-twin")["status"]["managed"] is False
+
             # a bad query -> Degraded with the database's own message; nothing created
             async with k8s.post(BASE, json=streamtable("broken", query="SELEKT 1")) as response:
                 assert response.status == 200
@@ -182,6 +197,10 @@ async def test_operator_against_kmock(k8s: Emulator, ecommerce, caplog):
             # delete: Delete drops, Retain keeps
             await patch("broken", {"spec": {"deletionPolicy": "Retain"}})
             await asyncio.sleep(0.5)
+            async with k8s.delete(f"{BASE}/country-twin") as response:
+                assert response.status == 200
+            await eventually(lambda: not obj("country-twin"), "country-twin released")
+            assert table("country_counts") is not None  # the twin never managed it
             for name in ("country-counts", "broken", "busiest", "upstream-counts"):
                 async with k8s.delete(f"{BASE}/{name}") as response:
                     assert response.status == 200

@@ -107,6 +107,15 @@ def test_adoption_only_when_the_definition_matches(owner):
     assert conflict.problem.reason == "NameConflict" and not conflict.problem.retryable
     assert "already exists with a different definition" in conflict.problem.message
     assert pgtrickle.find_stream_table(owner, "product_sales") == before  # untouched
+    # the same definition, but another resource manages it already: not adopted a second time
+    claimed = reconcile.apply(
+        owner,
+        same,
+        managed=False,
+        claimed_by=lambda name: "customer-stats" if name == "public.customer_stats" else None,
+    )
+    assert claimed.managed is False and claimed.problem.reason == "NameConflict"
+    assert "already managed by StreamTable customer-stats" in claimed.problem.message
     cond = conditions(conflict, different)
     assert cond["Degraded"]["status"] == "True" and cond["Degraded"]["reason"] == "NameConflict"
 
