@@ -28,6 +28,7 @@ READY, DEGRADED, STALE = "Ready", "Degraded", "Stale"
 # A stream table is Stale when its last refresh is older than this many scheduled intervals (and this floor).
 STALE_INTERVALS = 10
 STALE_FLOOR_SECONDS = 60.0
+MAX_MESSAGE = 32768
 
 
 @dataclass(frozen=True)
@@ -440,6 +441,7 @@ def merge_conditions(
         merged.append(
             {
                 **condition,
+                "message": condition["message"][:MAX_MESSAGE],  # the CRD's maxLength, as metav1.Condition
                 "lastTransitionTime": old["lastTransitionTime"] if unchanged else stamp,
                 **({"observedGeneration": generation} if generation is not None else {}),
             }

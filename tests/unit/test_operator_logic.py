@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from datetime import UTC, datetime, timedelta
 
 import psycopg
@@ -14,6 +15,7 @@ from services.operator import reconcile
 from services.operator.config import load_config
 from services.operator.reconcile import Observation, Outcome, Problem
 from services.operator.spec import SpecError, default_sql_name, parse_spec, same_query, schedule_key
+from tests.unit.test_operator_crd import SCHEMA
 
 NOW = datetime(2026, 11, 25, 12, 0, tzinfo=UTC)
 
@@ -127,6 +129,18 @@ def test_last_transition_time_survives_an_unchanged_status():
         [{"type": "Ready", "status": "False", "reason": "EngineError", "message": "m"}], same, 2, later
     )
     assert flipped[0]["lastTransitionTime"] == "2026-11-25T12:05:00Z"
+
+
+def test_condition_messages_fit_the_crd():
+    long = [{"type": "Degraded", "status": "True", "reason": "DatabaseError", "message": "x" * 40000}]
+    [merged] = reconcile.merge_conditions(long, None, 1, datetime(2026, 11, 25, tzinfo=UTC))
+    assert len(merged["message"]) == reconcile.MAX_MESSAGE
+    item = SCHEMA["properties"]["status"]["properties"]["conditions"]["items"]
+    assert item["properties"]["message"]["maxLength"] == reconcile.MAX_MESSAGE
+    assert set(item["required"]) <= set(merged)
+    reason = re.compile(item["properties"]["reason"]["pattern"])
+    for name in ("DatabaseUnavailable", "DatabaseMissing", "Timeout", "EngineSuspended", "NameConflict"):
+        assert reason.fullmatch(name)
 
 
 def test_database_errors_are_classified():
