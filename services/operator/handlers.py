@@ -126,6 +126,9 @@ def _report(body: Any, outcome: Outcome, previous: Mapping[str, Any] | None) -> 
     for action in outcome.actions:
         kopf.event(body, type="Normal", reason=_reason(action), message=action)
         log.info(action, extra={"fields": where})
+    if outcome.gave_up is not None:
+        kopf.event(body, type="Warning", reason=outcome.gave_up.reason, message=outcome.gave_up.message)
+        log.warning(outcome.gave_up.message, extra={"fields": {**where, "reason": outcome.gave_up.reason}})
     problem = outcome.problem
     if problem is None:
         return
@@ -160,9 +163,13 @@ RELEASE_HINT = (
 )
 
 
-def removal(databases: Databases, desired: StreamTableSpec, *, managed: bool) -> Outcome:
+def removal(
+    databases: Databases, desired: StreamTableSpec, *, managed: bool, waited: float = 0.0, timeout: float = 0.0
+) -> Outcome:
     """The finalizer's work. A database that no longer exists cannot hold the stream table: the resource is
-    released. Any other problem keeps the finalizer, and its message says how to let go without dropping."""
+    released. A server unreachable for `timeout` seconds (`waited` so far; 0 = wait forever) releases it
+    too, with a Warning: the stream table is left behind, but a namespace being deleted does not hang on
+    it. Any other problem keeps the finalizer, and its message says how to let go without dropping."""
     if desired.deletion_policy == "Retain" or not managed:
         return reconcile.remove(None, desired, managed=managed)  # nothing to drop: no database needed
     outcome = databases.run(
@@ -174,6 +181,12 @@ def removal(databases: Databases, desired: StreamTableSpec, *, managed: bool) ->
     if problem.reason == "DatabaseMissing":
         gone = f"released: {problem.message}, so neither does stream table {desired.name}"
         return Outcome(managed=managed, actions=[gone])
+    if problem.reason == "DatabaseUnavailable" and timeout > 0 and waited >= timeout:
+        message = (
+            f"gave up dropping stream table {desired.name} after {waited:.0f}s (OPERATOR_DELETE_TIMEOUT): "
+            f"{problem.message}; the resource is released and the stream table may remain"
+        )
+        return Outcome(managed=managed, gave_up=reconcile.Problem("DropAbandoned", message, retryable=False))
     outcome.problem = reconcile.Problem(problem.reason, problem.message + RELEASE_HINT, problem.retryable)
     return outcome
 
@@ -303,13 +316,19 @@ def build_registry(
         _report(body, outcome, status)
 
     @kopf.on.delete(**on)
-    def remove(body, spec, meta, status, patch, **_):
+    def remove(body, spec, meta, status, patch, runtime, **_):
         """The finalizer: drop the stream table (deletionPolicy Delete) or keep it (Retain)."""
         try:
             desired = parse_spec(spec, meta["name"])
         except SpecError:
             return  # nothing was ever created from an invalid spec
-        outcome = removal(databases, desired, managed=bool(status.get("managed", False)))
+        outcome = removal(
+            databases,
+            desired,
+            managed=bool(status.get("managed", False)),
+            waited=runtime.total_seconds(),
+            timeout=config.delete_timeout,
+        )
         _report(body, outcome, status)
         if outcome.problem is not None:
             problem = outcome.problem

@@ -54,6 +54,7 @@ class Outcome:
     actions: list[str] = field(default_factory=list)  # what was done, one Kubernetes Event each
     problem: Problem | None = None
     observation: Observation | None = None
+    gave_up: Problem | None = None  # released despite this problem (one Warning Event)
 
 
 # -- errors ---------------------------------------------------------------------------------------------

@@ -51,6 +51,7 @@ async def test_operator_against_kmock(k8s: Emulator, ecommerce, caplog):
         health_host="127.0.0.1",
         health_port=health_port,
         sync_interval=1.0,
+        delete_timeout=600.0,
         conninfo=ecommerce.owner_url,
         default_database=conninfo_to_dict(ecommerce.owner_url)["dbname"],
         log_level="INFO",

@@ -335,6 +335,7 @@ def _databases(conninfo: str, default_database: str) -> Databases:
         health_host="127.0.0.1",
         health_port=0,
         sync_interval=1.0,
+        delete_timeout=600.0,
         conninfo=conninfo,
         default_database=default_database,
         log_level="INFO",
@@ -372,6 +373,14 @@ def test_finalizer_keeps_an_unreachable_database_with_the_servers_message_and_a_
         assert "connection" in problem.message.lower() and "couldn't get a connection" not in problem.message
         assert problem.message.endswith(RELEASE_HINT)
         assert outcome.actions == []
+        # after OPERATOR_DELETE_TIMEOUT the resource is released with a Warning (nothing was dropped)
+        assert removal(databases, spec(name="op_far"), managed=True, waited=599, timeout=600).problem is not None
+        assert removal(databases, spec(name="op_far"), managed=True, waited=700, timeout=0).problem is not None
+        abandoned = removal(databases, spec(name="op_far"), managed=True, waited=600, timeout=600)
+        assert abandoned.problem is None and abandoned.actions == []
+        assert abandoned.gave_up.reason == "DropAbandoned"
+        assert "after 600s (OPERATOR_DELETE_TIMEOUT)" in abandoned.gave_up.message
+        assert "may remain" in abandoned.gave_up.message
         # Retain needs no database: it releases at once
         assert removal(databases, spec(name="op_far", deletionPolicy="Retain"), managed=True).problem is None
     finally:

@@ -171,6 +171,10 @@ def test_format_duration():
 def test_config_defaults_and_errors(tmp_path):
     config = load_config({"OPERATOR_NAMESPACE": "demo", "DEMO_PASSWORD": "pw"})
     assert (config.namespace, config.health_port, config.sync_interval) == ("demo", 8081, 10.0)
+    assert config.delete_timeout == 600.0
+    assert load_config({"OPERATOR_NAMESPACE": "demo", "OPERATOR_DELETE_TIMEOUT": "0"}).delete_timeout == 0.0
+    with pytest.raises(ConfigError, match="OPERATOR_DELETE_TIMEOUT"):
+        load_config({"OPERATOR_NAMESPACE": "demo", "OPERATOR_DELETE_TIMEOUT": "-1"})
     assert "user=demo" in config.conninfo and "dbname=ecommerce_demo" in config.conninfo
     assert "password=pw" in config.conninfo
     assert "dbname=other" in config.conninfo_for("other")
