@@ -88,8 +88,15 @@ class Databases:
             except (PoolTimeout, psycopg.Error):
                 return problem  # the server itself is unreachable
             if row is None:
+                self.discard(name)  # its pool would keep reconnecting (and logging) in the background
                 return reconcile.Problem("DatabaseMissing", f'database "{name}" does not exist', retryable=True)
         return problem
+
+    def discard(self, database: str) -> None:
+        with self._lock:
+            pool = self._pools.pop(database, None)
+        if pool is not None:
+            pool.close(timeout=2)
 
     def close(self) -> None:
         with self._lock:

@@ -358,6 +358,7 @@ def test_finalizer_releases_a_resource_whose_database_is_gone(demo_db):
             desired.database, lambda conn: reconcile.apply(conn, desired, managed=False), managed=False
         )
         assert applied.problem.reason == "DatabaseMissing" and applied.problem.retryable
+        assert "op_no_such_database" not in databases._pools  # no pool left reconnecting in the background
     finally:
         databases.close()
 
