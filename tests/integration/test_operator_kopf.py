@@ -134,6 +134,15 @@ async def test_operator_against_kmock(k8s: Emulator, ecommerce, caplog):
             recreated = await eventually(lambda: table("country_counts"), "country_counts re-created")
             assert recreated.pgt_id != created.pgt_id and recreated.schedule == "5m"
 
+            # altered behind the operator's back: the status timer puts the spec's schedule back
+            def alter_by_hand():
+                with psycopg.connect(ecommerce.owner_url, autocommit=True) as conn:
+                    pgtrickle.alter_stream_table(conn, "country_counts", schedule="7m")
+
+            await asyncio.to_thread(alter_by_hand)
+            await eventually(lambda: table("country_counts").schedule == "5m", "drift undone")
+            assert table("country_counts").pgt_id == recreated.pgt_id
+
             # a second resource naming the same stream table (same definition) does not adopt it again
             twin = streamtable("country-twin", query=QUERY, schedule="5m")
             twin["spec"]["name"] = "country_counts"
@@ -217,6 +226,8 @@ async def test_operator_against_kmock(k8s: Emulator, ecommerce, caplog):
             reasons = {(e.get("involvedObject", {}).get("name"), e.get("reason")) for e in events}
             assert ("country-counts", "Created") in reasons
             assert ("country-counts", "Altered") in reasons
+            drift_events = [e["message"] for e in events if e.get("reason") == "Altered"]
+            assert any("schedule 7m -> 5m (it had been changed outside the operator)" in m for m in drift_events)
             assert ("country-counts", "Dropped") in reasons
             assert ("broken", "DatabaseError") in reasons
             assert ("broken", "Retained") in reasons
