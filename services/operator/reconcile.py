@@ -136,10 +136,13 @@ class StatusSnapshots:
         self.max_age = max_age
         self.calls = 0  # pgt_status() calls made, all databases (shown in debug logs and tests)
         self._lock = threading.Lock()
+        self._locks: dict[str, threading.Lock] = {}
         self._taken: dict[str, tuple[float, dict[str, pgtrickle.Status]]] = {}
 
     def lookup(self, key: str, conn: psycopg.Connection, table: pgtrickle.StreamTable) -> pgtrickle.Status | None:
-        with self._lock:  # one snapshot at a time: timers firing together share it
+        with self._lock:
+            lock = self._locks.setdefault(key, threading.Lock())
+        with lock:  # one snapshot per database at a time: timers firing together share it
             taken = self._taken.get(key)
             if taken is None or time.monotonic() - taken[0] > self.max_age:
                 rows = {row.name: row for row in pgtrickle.status(conn)}
