@@ -307,8 +307,8 @@ def build_registry(
             ),
             managed=managed,
         )
-        if outcome.problem is not None and outcome.problem.reason == "DatabaseUnavailable":
-            # keep the last known engine figures; only the conditions say the database is unreachable
+        if outcome.problem is not None and outcome.problem.reason in ("DatabaseUnavailable", "Timeout"):
+            # keep the last known engine figures; only the conditions say the database is unreachable or slow
             conditions = reconcile.conditions(desired, outcome, _now())
             patch.status["conditions"] = reconcile.merge_conditions(
                 conditions, status.get("conditions"), meta.get("generation"), _now()
