@@ -28,6 +28,7 @@ class OperatorConfig:
     health_host: str
     health_port: int
     sync_interval: float
+    delete_timeout: float  # seconds a deletion waits for an unreachable server before releasing; 0 = forever
     conninfo: str  # database defaults to <scenario>_demo; a StreamTable's spec.database overrides it
     default_database: str
     log_level: str
@@ -64,6 +65,7 @@ def load_config(
     health_host = env_str("OPERATOR_HEALTH_HOST", "0.0.0.0", env=env)  # noqa: S104 - a pod's probe port
     health_port = env_int("OPERATOR_HEALTH_PORT", 8081, minimum=0, maximum=65535, env=env)
     sync_interval = env_float("OPERATOR_SYNC_INTERVAL", 10.0, minimum=1.0, maximum=3600.0, env=env)
+    delete_timeout = env_float("OPERATOR_DELETE_TIMEOUT", 600.0, minimum=0.0, maximum=30 * 86400.0, env=env)
     namespace = resolve_namespace(env, service_account_file)
     conninfo = service_conninfo(
         default_user=DEFAULT_USER, default_dbname=get_scenario(scenario).database, password_var=PASSWORD_VAR, env=env
@@ -74,6 +76,7 @@ def load_config(
         health_host=health_host,
         health_port=health_port,
         sync_interval=sync_interval,
+        delete_timeout=delete_timeout,
         conninfo=conninfo,
         default_database=conninfo_to_dict(conninfo)["dbname"],
         log_level=log_level,

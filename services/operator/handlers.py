@@ -29,8 +29,9 @@ CONNECT_WAIT_S = 5.0
 class Databases:
     """One small autocommit pool per database (a StreamTable's spec.database may name another one)."""
 
-    def __init__(self, config: OperatorConfig):
+    def __init__(self, config: OperatorConfig, *, connect_wait: float = CONNECT_WAIT_S):
         self.config = config
+        self.connect_wait = connect_wait
         self._pools: dict[str, ConnectionPool] = {}
         self._lock = threading.Lock()
 
@@ -56,7 +57,7 @@ class Databases:
 
     @contextmanager
     def connection(self, database: str | None) -> Iterator[psycopg.Connection]:
-        with self.pool(database).connection(timeout=CONNECT_WAIT_S) as conn:
+        with self.pool(database).connection(timeout=self.connect_wait) as conn:
             yield conn
 
     def run(self, database: str | None, work: Callable[[psycopg.Connection], Outcome], *, managed: bool) -> Outcome:
@@ -65,7 +66,37 @@ class Databases:
             with self.connection(database) as conn:
                 return work(conn)
         except (PoolTimeout, psycopg.OperationalError) as exc:
-            return Outcome(managed=managed, problem=reconcile.classify(exc))
+            return Outcome(managed=managed, problem=self.diagnose(database, exc))
+
+    def diagnose(self, database: str | None, exc: BaseException) -> reconcile.Problem:
+        """Why no connection could be had: the pool only says it timed out, so one direct attempt fetches
+        the server's own message, and the default database tells whether spec.database exists at all."""
+        if isinstance(exc, PoolTimeout):
+            try:
+                with psycopg.connect(
+                    self.config.conninfo_for(database), connect_timeout=3, application_name=APPLICATION_NAME
+                ):
+                    pass
+            except psycopg.Error as direct:
+                exc = direct
+        problem = reconcile.classify(exc)
+        name = database or self.config.default_database
+        if problem.reason == "DatabaseUnavailable" and name != self.config.default_database:
+            try:
+                with self.connection(None) as conn:
+                    row = conn.execute("SELECT 1 FROM pg_catalog.pg_database WHERE datname = %s", (name,)).fetchone()
+            except (PoolTimeout, psycopg.Error):
+                return problem  # the server itself is unreachable
+            if row is None:
+                self.discard(name)  # its pool would keep reconnecting (and logging) in the background
+                return reconcile.Problem("DatabaseMissing", f'database "{name}" does not exist', retryable=True)
+        return problem
+
+    def discard(self, database: str) -> None:
+        with self._lock:
+            pool = self._pools.pop(database, None)
+        if pool is not None:
+            pool.close(timeout=2)
 
     def close(self) -> None:
         with self._lock:
@@ -102,6 +133,9 @@ def _report(body: Any, outcome: Outcome, previous: Mapping[str, Any] | None) -> 
     for action in outcome.actions:
         kopf.event(body, type="Normal", reason=_reason(action), message=action)
         log.info(action, extra={"fields": where})
+    if outcome.gave_up is not None:
+        kopf.event(body, type="Warning", reason=outcome.gave_up.reason, message=outcome.gave_up.message)
+        log.warning(outcome.gave_up.message, extra={"fields": {**where, "reason": outcome.gave_up.reason}})
     problem = outcome.problem
     if problem is None:
         return
@@ -126,7 +160,42 @@ def _reason(action: str) -> str:
         "dropped": "Dropped",
         "retained": "Retained",
         "left": "Retained",
+        "released": "Released",
     }.get(verb, "Reconciled")
+
+
+RELEASE_HINT = (
+    "; the finalizer stays until this succeeds (set spec.deletionPolicy: Retain to release the resource"
+    " and keep the table)"
+)
+
+
+def removal(
+    databases: Databases, desired: StreamTableSpec, *, managed: bool, waited: float = 0.0, timeout: float = 0.0
+) -> Outcome:
+    """The finalizer's work. A database that no longer exists cannot hold the stream table: the resource is
+    released. A server unreachable for `timeout` seconds (`waited` so far; 0 = wait forever) releases it
+    too, with a Warning: the stream table is left behind, but a namespace being deleted does not hang on
+    it. Any other problem keeps the finalizer, and its message says how to let go without dropping."""
+    if desired.deletion_policy == "Retain" or not managed:
+        return reconcile.remove(None, desired, managed=managed)  # nothing to drop: no database needed
+    outcome = databases.run(
+        desired.database, lambda conn: reconcile.remove(conn, desired, managed=managed), managed=managed
+    )
+    problem = outcome.problem
+    if problem is None:
+        return outcome
+    if problem.reason == "DatabaseMissing":
+        gone = f"released: {problem.message}, so neither does stream table {desired.name}"
+        return Outcome(managed=managed, actions=[gone])
+    if problem.reason == "DatabaseUnavailable" and timeout > 0 and waited >= timeout:
+        message = (
+            f"gave up dropping stream table {desired.name} after {waited:.0f}s (OPERATOR_DELETE_TIMEOUT): "
+            f"{problem.message}; the resource is released and the stream table may remain"
+        )
+        return Outcome(managed=managed, gave_up=reconcile.Problem("DropAbandoned", message, retryable=False))
+    outcome.problem = reconcile.Problem(problem.reason, problem.message + RELEASE_HINT, problem.retryable)
+    return outcome
 
 
 def build_registry(
@@ -138,6 +207,7 @@ def build_registry(
     kopf.on.login(registry=registry)(login or kopf.login_via_client)
     on = {"group": GROUP, "version": VERSION, "plural": PLURAL, "registry": registry}
     retry_delay = config.sync_interval
+    snapshots = reconcile.StatusSnapshots(max_age=config.sync_interval)
 
     def database_of(desired: StreamTableSpec) -> str:
         return desired.database or config.default_database
@@ -170,10 +240,17 @@ def build_registry(
         for key, value in new.items():
             patch.status[key] = value
 
+    @kopf.index(**on, id="owners")
+    def owners(name, status, **_):
+        """(database, schema.name) -> the resources managing that stream table (one, normally)."""
+        if status.get("managed") and status.get("sqlName") and status.get("database"):
+            return {(status["database"], status["sqlName"]): name}
+        return None
+
     @kopf.on.create(**on)
     @kopf.on.update(**on, field="spec")
     @kopf.on.resume(**on)
-    def apply_spec(body, spec, meta, status, patch, **_):
+    def apply_spec(body, spec, meta, status, patch, owners: kopf.Index, **_):
         """Create / alter / replace / suspend / resume so that the stream table matches the spec."""
         try:
             desired = parse_spec(spec, meta["name"])
@@ -181,6 +258,11 @@ def build_registry(
             invalid(body, meta, status, patch, exc)
             return
         managed = bool(status.get("managed", False))
+
+        def claimed_by(qualified_name: str) -> str | None:
+            others = [n for n in owners.get((database_of(desired), qualified_name), []) if n != meta["name"]]
+            return others[0] if others else None
+
         outcome = databases.run(
             desired.database,
             lambda conn: reconcile.apply(
@@ -188,6 +270,7 @@ def build_registry(
                 desired,
                 managed=managed,
                 suspended_by_operator=bool(status.get("suspendedByOperator", False)),
+                claimed_by=claimed_by,
             ),
             managed=managed,
         )
@@ -220,11 +303,12 @@ def build_registry(
                 managed=managed,
                 suspended_by_operator=bool(status.get("suspendedByOperator", False)),
                 recreate=applied,
+                status_lookup=lambda c, table: snapshots.lookup(database_of(desired), c, table),
             ),
             managed=managed,
         )
-        if outcome.problem is not None and outcome.problem.reason == "DatabaseUnavailable":
-            # keep the last known engine figures; only the conditions say the database is unreachable
+        if outcome.problem is not None and outcome.problem.reason in ("DatabaseUnavailable", "Timeout"):
+            # keep the last known engine figures; only the conditions say the database is unreachable or slow
             conditions = reconcile.conditions(desired, outcome, _now())
             patch.status["conditions"] = reconcile.merge_conditions(
                 conditions, status.get("conditions"), meta.get("generation"), _now()
@@ -239,15 +323,18 @@ def build_registry(
         _report(body, outcome, status)
 
     @kopf.on.delete(**on)
-    def remove(body, spec, meta, status, patch, **_):
+    def remove(body, spec, meta, status, patch, runtime, **_):
         """The finalizer: drop the stream table (deletionPolicy Delete) or keep it (Retain)."""
         try:
             desired = parse_spec(spec, meta["name"])
         except SpecError:
             return  # nothing was ever created from an invalid spec
-        managed = bool(status.get("managed", False))
-        outcome = databases.run(
-            desired.database, lambda conn: reconcile.remove(conn, desired, managed=managed), managed=managed
+        outcome = removal(
+            databases,
+            desired,
+            managed=bool(status.get("managed", False)),
+            waited=runtime.total_seconds(),
+            timeout=config.delete_timeout,
         )
         _report(body, outcome, status)
         if outcome.problem is not None:

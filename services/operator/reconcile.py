@@ -8,8 +8,10 @@ pgtrickle reads and writes go through services.common.pgtrickle.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+import threading
+import time
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -26,6 +28,7 @@ READY, DEGRADED, STALE = "Ready", "Degraded", "Stale"
 # A stream table is Stale when its last refresh is older than this many scheduled intervals (and this floor).
 STALE_INTERVALS = 10
 STALE_FLOOR_SECONDS = 60.0
+MAX_MESSAGE = 32768
 
 
 @dataclass(frozen=True)
@@ -51,16 +54,40 @@ class Outcome:
     actions: list[str] = field(default_factory=list)  # what was done, one Kubernetes Event each
     problem: Problem | None = None
     observation: Observation | None = None
+    gave_up: Problem | None = None  # released despite this problem (one Warning Event)
 
 
 # -- errors ---------------------------------------------------------------------------------------------
 
 
+# SQLSTATEs (and classes) that mean "the server cannot be reached or is not serving right now":
+# connection exceptions (08), cannot_connect_now / admin or crash shutdown (57P01-57P03), too many
+# connections (53300). psycopg.OperationalError also covers statement timeouts, lock timeouts and
+# pg_trickle's "object not in prerequisite state" refusals (classes 55, 57014), which are not outages.
+_UNAVAILABLE_STATES = ("57P01", "57P02", "57P03", "53300")
+DATABASE_MISSING = "3D000"  # invalid_catalog_name: the database named by spec.database does not exist
+
+
+def unavailable(exc: BaseException) -> bool:
+    """True when `exc` says the database server cannot be reached (nothing was done)."""
+    if isinstance(exc, PoolTimeout):
+        return True
+    if not isinstance(exc, psycopg.OperationalError):
+        return False
+    state = getattr(exc, "sqlstate", None)
+    return state is None or state.startswith("08") or state in _UNAVAILABLE_STATES
+
+
 def classify(exc: BaseException) -> Problem:
-    """A database error as a condition: dependencies not yet created and an unreachable database are
-    retried; anything else (a bad query, an invalid schedule, a refused change) waits for a spec change."""
-    if isinstance(exc, PoolTimeout | psycopg.OperationalError):
+    """A database error as a condition: dependencies not yet created, an unreachable database and a
+    timeout are retried; anything else (a bad query, an invalid schedule, a refused change) waits for a
+    spec change."""
+    if unavailable(exc):
         return Problem("DatabaseUnavailable", first_line(exc), retryable=True)
+    if getattr(exc, "sqlstate", None) == DATABASE_MISSING:
+        return Problem("DatabaseMissing", first_line(exc), retryable=True)
+    if isinstance(exc, pgerrors.QueryCanceled | pgerrors.LockNotAvailable):
+        return Problem("Timeout", _message(exc), retryable=True)
     if isinstance(exc, pgerrors.UndefinedTable):
         return Problem("DependencyMissing", f"{_message(exc)} (retrying until it exists)", retryable=True)
     if isinstance(exc, pgerrors.DependentObjectsStillExist):
@@ -81,7 +108,14 @@ def _message(exc: psycopg.Error) -> str:
 # -- reads ----------------------------------------------------------------------------------------------
 
 
-def observe(conn: psycopg.Connection, name: str) -> Observation | None:
+StatusLookup = Callable[[psycopg.Connection, pgtrickle.StreamTable], "pgtrickle.Status | None"]
+
+
+def _status_of(conn: psycopg.Connection, table: pgtrickle.StreamTable) -> pgtrickle.Status | None:
+    return pgtrickle.status_of(conn, table.qualified_name)
+
+
+def observe(conn: psycopg.Connection, name: str, status_lookup: StatusLookup = _status_of) -> Observation | None:
     table = pgtrickle.find_stream_table(conn, name)
     if table is None:
         return None
@@ -89,7 +123,37 @@ def observe(conn: psycopg.Connection, name: str) -> Observation | None:
     if table.status in ("ERROR", "SUSPENDED") or table.consecutive_errors > 0:
         event = pgtrickle.last_failure(conn, table.pgt_id)
         failure = event.error_message if event else None
-    return Observation(table, pgtrickle.status_of(conn, table.qualified_name), failure)
+    return Observation(table, status_lookup(conn, table), failure)
+
+
+class StatusSnapshots:
+    """pgtrickle.pgt_status() reports every stream table of a database, so one call per resource per sync
+    interval would cost O(resources^2). The status timers share one snapshot per database, taken at most
+    once per `max_age` seconds; a row's staleness is advanced by the snapshot's age. A table created,
+    replaced or refreshed since the snapshot (another data timestamp) is looked up on its own."""
+
+    def __init__(self, max_age: float):
+        self.max_age = max_age
+        self.calls = 0  # pgt_status() calls made, all databases (shown in debug logs and tests)
+        self._lock = threading.Lock()
+        self._locks: dict[str, threading.Lock] = {}
+        self._taken: dict[str, tuple[float, dict[str, pgtrickle.Status]]] = {}
+
+    def lookup(self, key: str, conn: psycopg.Connection, table: pgtrickle.StreamTable) -> pgtrickle.Status | None:
+        with self._lock:
+            lock = self._locks.setdefault(key, threading.Lock())
+        with lock:  # one snapshot per database at a time: timers firing together share it
+            taken = self._taken.get(key)
+            if taken is None or time.monotonic() - taken[0] > self.max_age:
+                rows = {row.name: row for row in pgtrickle.status(conn)}
+                self.calls += 1
+                taken = self._taken[key] = (time.monotonic(), rows)
+        row = taken[1].get(table.qualified_name)
+        if row is None or row.data_timestamp != table.data_timestamp:
+            return _status_of(conn, table)
+        if row.staleness is None:
+            return row
+        return replace(row, staleness=row.staleness + timedelta(seconds=time.monotonic() - taken[0]))
 
 
 def definition_matches(spec: StreamTableSpec, table: pgtrickle.StreamTable) -> bool:
@@ -119,17 +183,20 @@ def apply(
     *,
     managed: bool,
     suspended_by_operator: bool = False,
+    claimed_by: Callable[[str], str | None] = lambda qualified_name: None,
 ) -> Outcome:
     """Brings the stream table in line with `spec`, in one transaction (all or nothing).
 
     `managed`: this resource created or adopted the stream table before (from its status);
-    `suspended_by_operator`: the operator suspended it because of spec.suspend (so it may resume it).
+    `suspended_by_operator`: the operator suspended it because of spec.suspend (so it may resume it);
+    `claimed_by`: the other resource that already manages a stream table of that name, if any (it is
+    never adopted a second time: deleting either resource would drop it under the other).
     """
     outcome = Outcome(managed=managed, suspended_by_operator=suspended_by_operator)
     try:
         with conn.transaction():
             _lock(conn, spec.name)
-            _apply(conn, spec, outcome)
+            _apply(conn, spec, outcome, claimed_by)
     except Exception as exc:
         outcome.problem = classify(exc)
         failed = Outcome(managed=managed, suspended_by_operator=suspended_by_operator, problem=outcome.problem)
@@ -137,7 +204,9 @@ def apply(
     return _observe_into(conn, spec, outcome)
 
 
-def _apply(conn: psycopg.Connection, spec: StreamTableSpec, out: Outcome) -> None:
+def _apply(
+    conn: psycopg.Connection, spec: StreamTableSpec, out: Outcome, claimed_by: Callable[[str], str | None]
+) -> None:
     existing = pgtrickle.find_stream_table(conn, spec.name)
     if existing is None:
         _create(conn, spec)
@@ -148,6 +217,14 @@ def _apply(conn: psycopg.Connection, spec: StreamTableSpec, out: Outcome) -> Non
         return
 
     if not out.managed:
+        owner = claimed_by(existing.qualified_name)
+        if owner is not None:
+            out.problem = Problem(
+                "NameConflict",
+                f"stream table {existing.qualified_name} is already managed by StreamTable {owner}; not adopted",
+                retryable=False,
+            )
+            return
         if not definition_matches(spec, existing):
             out.problem = Problem(
                 "NameConflict",
@@ -204,10 +281,12 @@ def _apply_suspend(
         out.suspended_by_operator = False
 
 
-def _observe_into(conn: psycopg.Connection, spec: StreamTableSpec, outcome: Outcome) -> Outcome:
+def _observe_into(
+    conn: psycopg.Connection, spec: StreamTableSpec, outcome: Outcome, status_lookup: StatusLookup = _status_of
+) -> Outcome:
     try:
         with conn.transaction():
-            outcome.observation = observe(conn, spec.name)
+            outcome.observation = observe(conn, spec.name, status_lookup)
     except Exception as exc:
         if outcome.problem is None:
             outcome.problem = classify(exc)
@@ -221,18 +300,42 @@ def sync(
     managed: bool,
     suspended_by_operator: bool,
     recreate: bool = True,
+    status_lookup: StatusLookup = _status_of,
 ) -> Outcome:
     """The periodic check: reads the engine's status; re-creates a managed stream table that vanished
     (unless `recreate` is False: the last spec change has not been applied, its handler owns the table)."""
-    outcome = _observe_into(conn, spec, Outcome(managed=managed, suspended_by_operator=suspended_by_operator))
-    if recreate and outcome.problem is None and outcome.observation is None and managed:
+    outcome = _observe_into(
+        conn, spec, Outcome(managed=managed, suspended_by_operator=suspended_by_operator), status_lookup
+    )
+    if not (recreate and managed and outcome.problem is None):
+        return outcome
+    if outcome.observation is None:
         outcome = apply(conn, spec, managed=managed, suspended_by_operator=suspended_by_operator)
         outcome.actions = [f"{action} (it had disappeared)" for action in outcome.actions]
+    elif drift(spec, outcome.observation.table):
+        # changed behind the operator's back (alter_stream_table by hand): the spec is the source of truth
+        outcome = apply(conn, spec, managed=managed, suspended_by_operator=suspended_by_operator)
+        outcome.actions = [f"{action} (it had been changed outside the operator)" for action in outcome.actions]
     return outcome
 
 
-def remove(conn: psycopg.Connection, spec: StreamTableSpec, *, managed: bool) -> Outcome:
-    """The finalizer's work: drop the stream table (deletionPolicy Delete) or leave it (Retain)."""
+def drift(spec: StreamTableSpec, table: pgtrickle.StreamTable) -> list[str]:
+    """How a managed stream table differs from its spec (what `apply` would change); [] when it does not."""
+    found = []
+    if not same_query(spec.query, table.user_query):
+        found.append("query")
+    if spec.refresh_mode != "AUTO" and spec.refresh_mode != table.refresh_mode:
+        found.append("refresh_mode")
+    if spec.refresh_mode != "IMMEDIATE" and spec.schedule_key != schedule_key(table.schedule):
+        found.append("schedule")
+    if spec.suspend and table.status != "SUSPENDED":
+        found.append("status")
+    return found
+
+
+def remove(conn: psycopg.Connection | None, spec: StreamTableSpec, *, managed: bool) -> Outcome:
+    """The finalizer's work: drop the stream table (deletionPolicy Delete) or leave it (Retain).
+    Retain, and a table this resource does not manage, need no connection (`conn` may be None)."""
     outcome = Outcome(managed=managed)
     if spec.deletion_policy == "Retain":
         outcome.actions.append(f"retained stream table {spec.name} (deletionPolicy Retain)")
@@ -240,6 +343,8 @@ def remove(conn: psycopg.Connection, spec: StreamTableSpec, *, managed: bool) ->
     if not managed:
         outcome.actions.append(f"left stream table {spec.name} alone: this resource never created or adopted it")
         return outcome
+    if conn is None:
+        raise ValueError("dropping a stream table needs a connection")
     try:
         with conn.transaction():
             _lock(conn, spec.name)
@@ -340,6 +445,7 @@ def merge_conditions(
         merged.append(
             {
                 **condition,
+                "message": condition["message"][:MAX_MESSAGE],  # the CRD's maxLength, as metav1.Condition
                 "lastTransitionTime": old["lastTransitionTime"] if unchanged else stamp,
                 **({"observedGeneration": generation} if generation is not None else {}),
             }

@@ -51,6 +51,7 @@ async def test_operator_against_kmock(k8s: Emulator, ecommerce, caplog):
         health_host="127.0.0.1",
         health_port=health_port,
         sync_interval=1.0,
+        delete_timeout=600.0,
         conninfo=ecommerce.owner_url,
         default_database=conninfo_to_dict(ecommerce.owner_url)["dbname"],
         log_level="INFO",
@@ -133,6 +134,30 @@ async def test_operator_against_kmock(k8s: Emulator, ecommerce, caplog):
             recreated = await eventually(lambda: table("country_counts"), "country_counts re-created")
             assert recreated.pgt_id != created.pgt_id and recreated.schedule == "5m"
 
+            # altered behind the operator's back: the status timer puts the spec's schedule back
+            def alter_by_hand():
+                with psycopg.connect(ecommerce.owner_url, autocommit=True) as conn:
+                    pgtrickle.alter_stream_table(conn, "country_counts", schedule="7m")
+
+            await asyncio.to_thread(alter_by_hand)
+            await eventually(lambda: table("country_counts").schedule == "5m", "drift undone")
+            assert table("country_counts").pgt_id == recreated.pgt_id
+
+            # a second resource naming the same stream table (same definition) does not adopt it again
+            twin = streamtable("country-twin", query=QUERY, schedule="5m")
+            twin["spec"]["name"] = "country_counts"
+            async with k8s.post(BASE, json=twin) as response:
+                assert response.status == 200
+            conflict = await eventually(
+                lambda: (
+                    condition(obj("country-twin"), "Degraded").get("reason") == "NameConflict"
+                    and condition(obj("country-twin"), "Degraded")
+                ),
+                "NameConflict on country-twin",
+            )
+            assert "already managed by StreamTable country-counts" in conflict["message"]
+            assert obj("country-twin")["status"]["managed"] is False
+
             # a bad query -> Degraded with the database's own message; nothing created
             async with k8s.post(BASE, json=streamtable("broken", query="SELEKT 1")) as response:
                 assert response.status == 200
@@ -182,6 +207,10 @@ async def test_operator_against_kmock(k8s: Emulator, ecommerce, caplog):
             # delete: Delete drops, Retain keeps
             await patch("broken", {"spec": {"deletionPolicy": "Retain"}})
             await asyncio.sleep(0.5)
+            async with k8s.delete(f"{BASE}/country-twin") as response:
+                assert response.status == 200
+            await eventually(lambda: not obj("country-twin"), "country-twin released")
+            assert table("country_counts") is not None  # the twin never managed it
             for name in ("country-counts", "broken", "busiest", "upstream-counts"):
                 async with k8s.delete(f"{BASE}/{name}") as response:
                     assert response.status == 200
@@ -197,6 +226,8 @@ async def test_operator_against_kmock(k8s: Emulator, ecommerce, caplog):
             reasons = {(e.get("involvedObject", {}).get("name"), e.get("reason")) for e in events}
             assert ("country-counts", "Created") in reasons
             assert ("country-counts", "Altered") in reasons
+            drift_events = [e["message"] for e in events if e.get("reason") == "Altered"]
+            assert any("schedule 7m -> 5m (it had been changed outside the operator)" in m for m in drift_events)
             assert ("country-counts", "Dropped") in reasons
             assert ("broken", "DatabaseError") in reasons
             assert ("broken", "Retained") in reasons

@@ -3,13 +3,18 @@ the same functions the kopf handlers call, as role `demo`, without Kubernetes.""
 
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import UTC, datetime
 
 import psycopg
 import pytest
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
+from devenv.postgres import free_port
 from services.common import pgtrickle
 from services.operator import reconcile
+from services.operator.config import OperatorConfig
+from services.operator.handlers import RELEASE_HINT, Databases, removal
 from services.operator.spec import parse_spec
 from tests.support import scenario_defining_queries, stream_table_differences
 
@@ -102,6 +107,15 @@ def test_adoption_only_when_the_definition_matches(owner):
     assert conflict.problem.reason == "NameConflict" and not conflict.problem.retryable
     assert "already exists with a different definition" in conflict.problem.message
     assert pgtrickle.find_stream_table(owner, "product_sales") == before  # untouched
+    # the same definition, but another resource manages it already: not adopted a second time
+    claimed = reconcile.apply(
+        owner,
+        same,
+        managed=False,
+        claimed_by=lambda name: "customer-stats" if name == "public.customer_stats" else None,
+    )
+    assert claimed.managed is False and claimed.problem.reason == "NameConflict"
+    assert "already managed by StreamTable customer-stats" in claimed.problem.message
     cond = conditions(conflict, different)
     assert cond["Degraded"]["status"] == "True" and cond["Degraded"]["reason"] == "NameConflict"
 
@@ -253,3 +267,122 @@ def test_topk_definitions_compare_with_the_query_as_given(owner):
         "adopted existing stream table public.op_top (same definition)"
     ]
     assert pgtrickle.find_stream_table(owner, "op_top").pgt_id == before.pgt_id
+
+
+def test_sync_undoes_changes_made_behind_the_operators_back(owner):
+    desired = spec(name="op_drift", schedule="2s", suspend=False)
+    reconcile.apply(owner, desired, managed=False)
+    assert reconcile.drift(desired, pgtrickle.find_stream_table(owner, "op_drift")) == []
+    # someone alters the stream table by hand: the next status sync puts the spec back
+    pgtrickle.alter_stream_table(owner, "op_drift", schedule="7m")
+    assert reconcile.drift(desired, pgtrickle.find_stream_table(owner, "op_drift")) == ["schedule"]
+    outcome = reconcile.sync(owner, desired, managed=True, suspended_by_operator=False)
+    assert outcome.problem is None
+    assert outcome.actions == ["altered public.op_drift: schedule 7m -> 2s (it had been changed outside the operator)"]
+    assert pgtrickle.find_stream_table(owner, "op_drift").schedule == "2s"
+    # a spec that says suspended stays suspended
+    suspended = spec(name="op_drift", schedule="2s", suspend=True)
+    reconcile.apply(owner, suspended, managed=True)
+    pgtrickle.resume_stream_table(owner, "op_drift")
+    again = reconcile.sync(owner, suspended, managed=True, suspended_by_operator=True)
+    assert again.actions == ["suspended public.op_drift (spec.suspend) (it had been changed outside the operator)"]
+    assert pgtrickle.find_stream_table(owner, "op_drift").status == "SUSPENDED"
+    # the last spec change failed (recreate=False) or the table is not ours: observed only
+    pgtrickle.alter_stream_table(owner, "op_drift", schedule="7m")
+    assert reconcile.sync(owner, suspended, managed=True, suspended_by_operator=True, recreate=False).actions == []
+    assert reconcile.sync(owner, suspended, managed=False, suspended_by_operator=False).actions == []
+    assert pgtrickle.find_stream_table(owner, "op_drift").schedule == "7m"
+
+
+def test_status_timers_share_one_pgt_status_per_interval(owner, demo_db):
+    reconcile.apply(owner, spec(name="op_one", schedule="1s"), managed=False)
+    reconcile.apply(owner, spec(name="op_two", schedule="1s"), managed=False)
+    one = pgtrickle.find_stream_table(owner, "op_one")
+    two = pgtrickle.find_stream_table(owner, "op_two")
+    snapshots = reconcile.StatusSnapshots(max_age=3600)
+    first = snapshots.lookup("ecommerce_demo", owner, one)
+    assert first == pgtrickle.status_of(owner, "public.op_one") or first.staleness is not None
+    # the second table is served from the same snapshot: a closed connection proves no query ran
+    closed = psycopg.connect(demo_db("ecommerce").owner_url)
+    closed.close()
+    served = snapshots.lookup("ecommerce_demo", closed, two)
+    assert served.name == "public.op_two" and served.data_timestamp == two.data_timestamp
+    assert snapshots.calls == 1
+    # a table refreshed since the snapshot (another data timestamp) is looked up on its own
+    moved = replace(two, data_timestamp=None)
+    assert snapshots.lookup("ecommerce_demo", owner, moved).name == "public.op_two"
+    with pytest.raises(psycopg.OperationalError):
+        snapshots.lookup("ecommerce_demo", closed, moved)
+    # through sync(), as the timer calls it
+    outcome = reconcile.sync(
+        owner,
+        spec(name="op_two", schedule="1s"),
+        managed=True,
+        suspended_by_operator=False,
+        status_lookup=lambda conn, table: snapshots.lookup("ecommerce_demo", conn, table),
+    )
+    assert outcome.observation.status.name == "public.op_two" and snapshots.calls == 1
+    # an expired snapshot is taken again
+    snapshots.max_age = 0
+    snapshots.lookup("ecommerce_demo", owner, one)
+    assert snapshots.calls == 2
+
+
+def _databases(conninfo: str, default_database: str) -> Databases:
+    config = OperatorConfig(
+        scenario="ecommerce",
+        namespace="demo",
+        health_host="127.0.0.1",
+        health_port=0,
+        sync_interval=1.0,
+        delete_timeout=600.0,
+        conninfo=conninfo,
+        default_database=default_database,
+        log_level="INFO",
+    )
+    return Databases(config, connect_wait=1.0)
+
+
+def test_finalizer_releases_a_resource_whose_database_is_gone(demo_db):
+    db = demo_db("ecommerce")
+    databases = _databases(db.owner_url, conninfo_to_dict(db.owner_url)["dbname"])
+    try:
+        desired = spec(name="op_gone", database="op_no_such_database")
+        outcome = removal(databases, desired, managed=True)
+        assert outcome.problem is None
+        assert outcome.actions == [
+            'released: database "op_no_such_database" does not exist, so neither does stream table op_gone'
+        ]
+        # while it is missing, applying the spec says so (retried), rather than "unavailable"
+        applied = databases.run(
+            desired.database, lambda conn: reconcile.apply(conn, desired, managed=False), managed=False
+        )
+        assert applied.problem.reason == "DatabaseMissing" and applied.problem.retryable
+        assert "op_no_such_database" not in databases._pools  # no pool left reconnecting in the background
+    finally:
+        databases.close()
+
+
+def test_finalizer_keeps_an_unreachable_database_with_the_servers_message_and_a_way_out(demo_db):
+    db = demo_db("ecommerce")
+    conninfo = make_conninfo(db.owner_url, host="127.0.0.1", port=str(free_port()))
+    databases = _databases(conninfo, conninfo_to_dict(conninfo)["dbname"])
+    try:
+        outcome = removal(databases, spec(name="op_far"), managed=True)
+        problem = outcome.problem
+        assert problem.reason == "DatabaseUnavailable" and problem.retryable
+        assert "connection" in problem.message.lower() and "couldn't get a connection" not in problem.message
+        assert problem.message.endswith(RELEASE_HINT)
+        assert outcome.actions == []
+        # after OPERATOR_DELETE_TIMEOUT the resource is released with a Warning (nothing was dropped)
+        assert removal(databases, spec(name="op_far"), managed=True, waited=599, timeout=600).problem is not None
+        assert removal(databases, spec(name="op_far"), managed=True, waited=700, timeout=0).problem is not None
+        abandoned = removal(databases, spec(name="op_far"), managed=True, waited=600, timeout=600)
+        assert abandoned.problem is None and abandoned.actions == []
+        assert abandoned.gave_up.reason == "DropAbandoned"
+        assert "after 600s (OPERATOR_DELETE_TIMEOUT)" in abandoned.gave_up.message
+        assert "may remain" in abandoned.gave_up.message
+        # Retain needs no database: it releases at once
+        assert removal(databases, spec(name="op_far", deletionPolicy="Retain"), managed=True).problem is None
+    finally:
+        databases.close()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from datetime import UTC, datetime, timedelta
 
 import psycopg
@@ -14,6 +15,7 @@ from services.operator import reconcile
 from services.operator.config import load_config
 from services.operator.reconcile import Observation, Outcome, Problem
 from services.operator.spec import SpecError, default_sql_name, parse_spec, same_query, schedule_key
+from tests.unit.test_operator_crd import SCHEMA
 
 NOW = datetime(2026, 11, 25, 12, 0, tzinfo=UTC)
 
@@ -129,6 +131,18 @@ def test_last_transition_time_survives_an_unchanged_status():
     assert flipped[0]["lastTransitionTime"] == "2026-11-25T12:05:00Z"
 
 
+def test_condition_messages_fit_the_crd():
+    long = [{"type": "Degraded", "status": "True", "reason": "DatabaseError", "message": "x" * 40000}]
+    [merged] = reconcile.merge_conditions(long, None, 1, datetime(2026, 11, 25, tzinfo=UTC))
+    assert len(merged["message"]) == reconcile.MAX_MESSAGE
+    item = SCHEMA["properties"]["status"]["properties"]["conditions"]["items"]
+    assert item["properties"]["message"]["maxLength"] == reconcile.MAX_MESSAGE
+    assert set(item["required"]) <= set(merged)
+    reason = re.compile(item["properties"]["reason"]["pattern"])
+    for name in ("DatabaseUnavailable", "DatabaseMissing", "Timeout", "EngineSuspended", "NameConflict"):
+        assert reason.fullmatch(name)
+
+
 def test_database_errors_are_classified():
     assert reconcile.classify(psycopg.OperationalError("connection refused\nmore")) == Problem(
         "DatabaseUnavailable", "connection refused", True
@@ -137,6 +151,13 @@ def test_database_errors_are_classified():
     assert reconcile.classify(pgerrors.UndefinedTable("relation x")).retryable
     assert reconcile.classify(pgerrors.SyntaxError("syntax error")).retryable is False
     assert reconcile.classify(pgerrors.InsufficientPrivilege("no")).reason == "PermissionDenied"
+    # OperationalError is wider than "unreachable": timeouts are retried as such, refusals wait for the spec
+    assert reconcile.classify(pgerrors.QueryCanceled("canceling statement due to statement timeout")) == Problem(
+        "Timeout", "canceling statement due to statement timeout", True
+    )
+    assert reconcile.classify(pgerrors.ObjectNotInPrerequisiteState("not suspended")).reason == "DatabaseError"
+    assert reconcile.classify(pgerrors.AdminShutdown("terminating connection")).reason == "DatabaseUnavailable"
+    assert reconcile.classify(pgerrors.InvalidCatalogName("no database")).reason == "DatabaseMissing"
 
 
 def test_format_duration():
@@ -150,6 +171,10 @@ def test_format_duration():
 def test_config_defaults_and_errors(tmp_path):
     config = load_config({"OPERATOR_NAMESPACE": "demo", "DEMO_PASSWORD": "pw"})
     assert (config.namespace, config.health_port, config.sync_interval) == ("demo", 8081, 10.0)
+    assert config.delete_timeout == 600.0
+    assert load_config({"OPERATOR_NAMESPACE": "demo", "OPERATOR_DELETE_TIMEOUT": "0"}).delete_timeout == 0.0
+    with pytest.raises(ConfigError, match="OPERATOR_DELETE_TIMEOUT"):
+        load_config({"OPERATOR_NAMESPACE": "demo", "OPERATOR_DELETE_TIMEOUT": "-1"})
     assert "user=demo" in config.conninfo and "dbname=ecommerce_demo" in config.conninfo
     assert "password=pw" in config.conninfo
     assert "dbname=other" in config.conninfo_for("other")
