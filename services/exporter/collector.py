@@ -219,7 +219,7 @@ class PgTrickleCollector(Collector):
             if not self.history.initialised:
                 c.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
                 c.execute(f"SET LOCAL statement_timeout = {int(BASELINE_TIMEOUT_S * 1000)}")
-                self.history.baseline(c)
+                self.history.baseline(c, now)
             return True
 
         if not self.history.initialised:

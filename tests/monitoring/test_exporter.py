@@ -268,3 +268,39 @@ def test_configuration_defaults():
     url = load_config({"DATABASE_URL": "postgresql://someone:secret@h/other", "DEMO_READER_PASSWORD": "pw"})
     assert conninfo_to_dict(url.conninfo)["dbname"] == "other"
     assert conninfo_to_dict(url.conninfo)["password"] == "secret"
+
+
+def test_a_refresh_committed_after_the_baseline_below_its_watermark_is_counted(demo_db):
+    """A parallel worker took a refresh_id, a later refresh committed first, then the exporter started:
+    the first row is below the watermark but invisible to the baseline; it is counted when it commits."""
+    db = demo_db("ecommerce")
+    refresh_round(db.admin_url)
+    insert = """INSERT INTO pgtrickle.pgt_refresh_history (pgt_id, data_timestamp, start_time, end_time, action, status)
+                VALUES (%s, now(), now(), now(), 'NO_DATA', 'COMPLETED') RETURNING refresh_id"""
+    with (
+        psycopg.connect(db.admin_url) as late,
+        psycopg.connect(db.admin_url, autocommit=True) as admin,
+        psycopg.connect(db.reader_url) as reader,
+    ):
+        pgt_id = admin.execute(
+            "SELECT pgt_id FROM pgtrickle.pgt_stream_tables WHERE pgt_name = 'product_sales'"
+        ).fetchone()[0]
+        late_id = late.execute(insert, (pgt_id,)).fetchone()[0]  # in flight: not committed yet
+        early_id = admin.execute(insert, (pgt_id,)).fetchone()[0]
+        assert early_id > late_id
+
+        tracker = HistoryTracker()
+        with reader.transaction():
+            reader.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+            tracker.baseline(reader)
+        assert tracker.watermark == early_id and late_id in tracker.gaps
+        counted = tracker.totals[pgt_id].refreshes[("NO_DATA", "COMPLETED")]
+        assert counted == history_counts(db.admin_url)[0][("product_sales", "NO_DATA", "COMPLETED")]
+
+        late.commit()
+        tracker.advance(reader, datetime.now(UTC))
+        reader.commit()
+        assert tracker.totals[pgt_id].refreshes[("NO_DATA", "COMPLETED")] == counted + 1
+        assert late_id not in tracker.gaps
+        tracker.advance(reader, datetime.now(UTC))
+        assert tracker.totals[pgt_id].refreshes[("NO_DATA", "COMPLETED")] == counted + 1, "counted once"
