@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import threading
 from collections import defaultdict
 from datetime import UTC, datetime
 
@@ -12,9 +13,11 @@ import psycopg
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from psycopg.conninfo import conninfo_to_dict
+from psycopg_pool import ConnectionPool
 
 from devenv.postgres import free_port
 from services.common import pgtrickle
+from services.exporter.analyses import AnalysesReader, next_wait
 from services.exporter.collector import (
     ACTIONS,
     MODES,
@@ -304,3 +307,24 @@ def test_a_refresh_committed_after_the_baseline_below_its_watermark_is_counted(d
         assert late_id not in tracker.gaps
         tracker.advance(reader, datetime.now(UTC))
         assert tracker.totals[pgt_id].refreshes[("NO_DATA", "COMPLETED")] == counted + 1, "counted once"
+
+
+def test_the_analyses_are_read_separately_and_their_interval_follows_their_cost(demo_db):
+    """recommend_refresh_mode() not granted to the reader: refresh_efficiency() still feeds the change
+    ratio, and the failure counts once. A read that took D seconds delays the next by 10 x D."""
+    db = demo_db("ecommerce")
+    refresh_round(db.admin_url)
+    with psycopg.connect(db.admin_url, autocommit=True) as admin:
+        admin.execute("REVOKE EXECUTE ON FUNCTION pgtrickle.recommend_refresh_mode(text) FROM PUBLIC, demo_reader")
+    stop = threading.Event()
+    with ConnectionPool(db.reader_url, min_size=1, max_size=1, open=True) as pool:
+        reader = AnalysesReader(pool, 30, stop)
+        latest = reader.read_once()
+    assert ("public", "product_sales") in latest.efficiency
+    assert latest.recommendations == {}
+    assert reader.errors == 1
+
+    assert next_wait(30, 0.2, 0) == 30
+    assert next_wait(30, 4.5, 0) == 45, "a 4.5 s read (1M history rows) waits 45 s, not 30"
+    assert next_wait(30, 4.5, 1) == 90 and next_wait(30, 4.5, 10) == 600
+    assert next_wait(900, 1, 3) == 900, "an interval beyond the back-off cap stays the interval"
