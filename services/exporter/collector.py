@@ -21,6 +21,7 @@ from psycopg_pool import ConnectionPool
 
 from services.common import pgtrickle
 from services.common.db import first_line
+from services.common.scenarios import get_scenario
 from services.exporter.analyses import AnalysesReader
 from services.exporter.history import DURATION_BUCKETS, HistoryTracker
 
@@ -86,10 +87,10 @@ class PgTrickleCollector(Collector):
         analyses: AnalysesReader | None = None,
     ):
         self.pool, self.scenario, self.scrape_timeout, self.analyses = pool, scenario, scrape_timeout, analyses
+        self.expected_stream_tables = get_scenario(scenario).stream_table_names
         self.history = HistoryTracker()
         self.errors: dict[str, int] = dict.fromkeys(STAGES, 0)
         self.scrapes = 0
-        self.last_success: float | None = None  # time.monotonic() of the last scrape that reached the engine
         self._lock = threading.Lock()  # scrapes are serialised: the history tracker is shared state
 
     def describe(self) -> list[Metric]:
@@ -130,7 +131,6 @@ class PgTrickleCollector(Collector):
             up.add_metric([], 0)
             return [up]
         up.add_metric([], 1)
-        self.last_success = time.monotonic()
         return [up, *metrics]
 
     def _failed(self, stage: str, exc: BaseException) -> None:
@@ -384,17 +384,20 @@ class PgTrickleCollector(Collector):
         return out
 
     def ready(self) -> tuple[bool, str]:
-        """Ready once a scrape (or a probe) reached the engine within the last minute."""
-        if self.last_success is not None and time.monotonic() - self.last_success < 60:
-            return True, "catalog readable"
+        """Ready when the database answers, the engine's catalog is readable and it lists every stream
+        table of the scenario (the scenario's objects are present)."""
         try:
-            with self.pool.connection(timeout=2) as conn:
+            with self.pool.connection(timeout=2) as conn, conn.transaction():
                 conn.execute("SET LOCAL statement_timeout = 2000")
                 pgtrickle.version(conn)
+                present = {st.pgt_name for st in pgtrickle.stream_tables(conn)}
         except Exception as exc:
             return False, f"catalog not readable: {first_line(exc)}"
-        self.last_success = time.monotonic()
-        return True, "catalog readable"
+        missing = [name for name in self.expected_stream_tables if name not in present]
+        if missing:
+            shown = ", ".join(missing[:5]) + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
+            return False, f"catalog readable, but the {self.scenario} stream tables {shown} are missing"
+        return True, "catalog readable, scenario stream tables present"
 
 
 def _le(bound: float) -> str:

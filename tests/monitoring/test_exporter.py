@@ -24,6 +24,7 @@ from services.exporter.collector import (
     REFRESH_STATUSES,
     SEVERITIES,
     STATUSES,
+    PgTrickleCollector,
     schedule_seconds,
     speedup_ratio,
 )
@@ -328,3 +329,15 @@ def test_the_analyses_are_read_separately_and_their_interval_follows_their_cost(
     assert next_wait(30, 4.5, 0) == 45, "a 4.5 s read (1M history rows) waits 45 s, not 30"
     assert next_wait(30, 4.5, 1) == 90 and next_wait(30, 4.5, 10) == 600
     assert next_wait(900, 1, 3) == 900, "an interval beyond the back-off cap stays the interval"
+
+
+def test_ready_means_the_scenarios_stream_tables_are_present(demo_db):
+    db = demo_db("ecommerce")
+    with ConnectionPool(db.reader_url, min_size=1, max_size=1, open=True) as pool:
+        collector = PgTrickleCollector(pool, "ecommerce", 5.0)
+        assert collector.ready() == (True, "catalog readable, scenario stream tables present")
+        with psycopg.connect(db.admin_url, autocommit=True) as admin:
+            pgtrickle.drop_stream_table(admin, "public.top_10_customers")
+        ready, detail = collector.ready()
+        assert not ready and "top_10_customers" in detail and "missing" in detail
+        assert not PgTrickleCollector(pool, "fraud", 5.0).ready()[0], "another scenario's tables are not there"
