@@ -3,6 +3,7 @@ across exporter restarts, scrapes read only what is new, an unreachable database
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 import threading
@@ -341,3 +342,33 @@ def test_ready_means_the_scenarios_stream_tables_are_present(demo_db):
         ready, detail = collector.ready()
         assert not ready and "top_10_customers" in detail and "missing" in detail
         assert not PgTrickleCollector(pool, "fraud", 5.0).ready()[0], "another scenario's tables are not there"
+
+
+def _readme_metrics() -> dict[str, tuple[str, set[str]]]:
+    """The README's metrics table: name -> (type, labels)."""
+    section = (ROOT / "README.md").read_text().split("## Exporter and monitoring", 1)[1].split("\n## ", 1)[0]
+    out = {}
+    table = section.split("| Metric | Type | Labels | Unit | Meaning |", 1)[1].split("\n\n", 1)[0]
+    for line in table.splitlines()[2:]:
+        name, kind, labels = (cell.strip() for cell in line.split("|")[1:4])
+        name = name.strip("`")
+        out[name] = (kind.split()[0], {label.strip() for label in re.sub(r"\(.*?\)", "", labels).split(",")} - {""})
+    return out
+
+
+def test_the_readme_metrics_table_matches_the_exposition(demo_db):
+    """Every family the exporter serves is in the README table with its type and labels, and the table
+    names nothing else."""
+    db = demo_db("ecommerce")
+    refresh_round(db.admin_url)
+    with ConnectionPool(db.reader_url, min_size=1, max_size=2, open=True) as pool:
+        analyses = AnalysesReader(pool, 30, threading.Event())
+        analyses.read_once()
+        families = list(PgTrickleCollector(pool, "ecommerce", 5.0, analyses).collect())
+    exposed = {}
+    for family in families:
+        name = family.name + ("_total" if family.type == "counter" else "")
+        labels = {key for sample in family.samples for key in sample.labels} - {"le"}
+        exposed[name] = (family.type, labels or set(family._labelnames))
+    assert exposed["pg_trickle_up"] == ("gauge", set())
+    assert _readme_metrics() == exposed
