@@ -13,6 +13,7 @@ from datetime import UTC, datetime
 import psycopg
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
+from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict
 from psycopg_pool import ConnectionPool
 
@@ -372,3 +373,70 @@ def test_the_readme_metrics_table_matches_the_exposition(demo_db):
         exposed[name] = (family.type, labels or set(family._labelnames))
     assert exposed["pg_trickle_up"] == ("gauge", set())
     assert _readme_metrics() == exposed
+
+
+class _RecordingCursor(psycopg.Cursor):
+    """Remembers every statement run through it (the exporter's pool uses it in the plan test)."""
+
+    statements: list = []
+
+    def execute(self, query, params=None, **kwargs):
+        _RecordingCursor.statements.append((query, params))
+        return super().execute(query, params, **kwargs)
+
+
+def _seq_scans(plan: dict) -> list[str]:
+    found = [plan["Relation Name"]] if plan.get("Node Type") == "Seq Scan" else []
+    for child in plan.get("Plans", []):
+        found += _seq_scans(child)
+    return found
+
+
+def test_a_scrape_never_scans_the_refresh_history(demo_db):
+    """With 200,000 history rows: after the start-up baseline, every statement a scrape runs (new rows,
+    refreshes still RUNNING, ids skipped by the sequence) is planned without a sequential scan of
+    pgt_refresh_history."""
+    db = demo_db("ecommerce")
+    with psycopg.connect(db.admin_url, autocommit=True) as admin:
+        admin.execute(
+            """INSERT INTO pgtrickle.pgt_refresh_history
+                      (pgt_id, data_timestamp, start_time, end_time, action, status, rows_inserted)
+               SELECT st.pgt_id, now(), now() - make_interval(secs => g), now() - make_interval(secs => g) + '5 ms',
+                      CASE WHEN g % 7 = 0 THEN 'FULL' ELSE 'NO_DATA' END, 'COMPLETED', g % 3
+                 FROM generate_series(1, 33334) g CROSS JOIN pgtrickle.pgt_stream_tables st"""
+        )
+        admin.execute("ANALYZE pgtrickle.pgt_refresh_history")
+        assert admin.execute("SELECT count(*) FROM pgtrickle.pgt_refresh_history").fetchone()[0] > 200_000
+    with ConnectionPool(
+        db.reader_url, min_size=1, max_size=1, open=True, kwargs={"cursor_factory": _RecordingCursor}
+    ) as pool:
+        collector = PgTrickleCollector(pool, "ecommerce", 30.0)
+        list(collector.collect())  # the baseline (a one-off full pass at start-up)
+        assert collector.history.initialised
+        with psycopg.connect(db.admin_url) as late, psycopg.connect(db.admin_url, autocommit=True) as admin:
+            late.execute(  # a refresh in flight: its id is skipped until it commits
+                "INSERT INTO pgtrickle.pgt_refresh_history (pgt_id, data_timestamp, start_time, action, status)"
+                " SELECT min(pgt_id), now(), now(), 'FULL', 'RUNNING' FROM pgtrickle.pgt_stream_tables"
+            )
+            refresh_round(db.admin_url)
+            admin.execute(  # and one a visible RUNNING row stands for
+                "INSERT INTO pgtrickle.pgt_refresh_history (pgt_id, data_timestamp, start_time, action, status)"
+                " SELECT max(pgt_id), now(), now(), 'FULL', 'RUNNING' FROM pgtrickle.pgt_stream_tables"
+            )
+            _RecordingCursor.statements.clear()
+            list(collector.collect())
+            assert collector.history.gaps and collector.history.running, "looked up again at the next scrape"
+            list(collector.collect())
+            late.rollback()
+        statements = list(_RecordingCursor.statements)
+    assert collector.errors == dict.fromkeys(collector.errors, 0)
+    explained = 0
+    with psycopg.connect(db.reader_url) as conn:
+        for query, params in statements:
+            text = query.as_string(conn) if isinstance(query, sql.Composable) else query
+            if not text.lstrip().upper().startswith("SELECT"):
+                continue
+            plan = conn.execute(f"EXPLAIN (FORMAT JSON) {text}", params).fetchone()[0][0]["Plan"]
+            assert "pgt_refresh_history" not in _seq_scans(plan), text
+            explained += "pgt_refresh_history" in text
+    assert explained >= 3, "the history reads (new rows, RUNNING and skipped ids) were explained"
