@@ -40,13 +40,13 @@ CONFIDENCE = {"low": 1, "medium": 2, "high": 3}
 SEVERITIES = ("OK", "WARN", "ERROR")
 STAGES = ("connect", "catalog", "history", "change_buffers", "health_check", "analyses")
 BASELINE_TIMEOUT_S = 120.0  # the start-up pass over the refresh history (first scrape only)
-_SCHEDULE_PART = re.compile(r"(\d+(?:\.\d+)?)([dhms])")
-_UNIT_SECONDS = {"d": 86400, "h": 3600, "m": 60, "s": 1}
+_SCHEDULE_PART = re.compile(r"(\d+(?:\.\d+)?)([wdhms])")
+_UNIT_SECONDS = {"w": 604800, "d": 86400, "h": 3600, "m": 60, "s": 1}
 _SPEEDUP = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*x\s*$")
 
 
 def schedule_seconds(schedule: str | None) -> float | None:
-    """'1s', '5m', '1h30m', '90' -> seconds; NULL (calculated) or a cron expression -> None."""
+    """'1s', '5m', '1h30m', '2w', '90' -> seconds; NULL (calculated) or a cron expression -> None."""
     if schedule is None:
         return None
     text = schedule.strip().lower()

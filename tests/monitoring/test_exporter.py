@@ -238,7 +238,7 @@ def test_bad_configuration_is_one_line_and_exit_2(variable, value, message):
 
 def test_schedule_and_speedup_parsing():
     assert schedule_seconds("1s") == 1 and schedule_seconds("5m") == 300 and schedule_seconds("1h30m") == 5400
-    assert schedule_seconds("90") == 90
+    assert schedule_seconds("90") == 90 and schedule_seconds("2w") == 14 * 86400 and schedule_seconds("1d12h") == 129600
     assert schedule_seconds(None) is None and schedule_seconds("*/5 * * * *") is None
     assert schedule_seconds("calculated") is None
     assert speedup_ratio("12.5x") == 12.5 and speedup_ratio(None) is None and speedup_ratio("n/a") is None
