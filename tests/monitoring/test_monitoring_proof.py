@@ -16,6 +16,7 @@ import pytest
 import yaml
 
 from devenv.scheduler import EmulatorScheduler
+from services.common.scenarios import get_scenario
 from tests.generator_support import GeneratorProcess
 from tests.monitoring.support import (
     ALERTS,
@@ -63,6 +64,22 @@ def _no_data(prometheus: PrometheusServer, exprs: list[tuple[str, str]]) -> list
     return missing
 
 
+def _variable_values(prometheus: PrometheusServer, variable: dict) -> set[str]:
+    """A query_result() variable's values: Grafana renders each series as `name{label="value", ...} value
+    time` (labels in Prometheus' order) and keeps the regex's first group."""
+    inner = re.fullmatch(r"query_result\((.*)\)", variable["query"], flags=re.S).group(1)
+    regex = re.compile(variable["regex"].strip("/"))
+    values = set()
+    for series in prometheus.query(substitute(inner, VARIABLES)):
+        labels = dict(series["metric"])
+        metric = labels.pop("__name__", "")
+        timestamp, value = series["value"]
+        text = metric + "{" + ", ".join(f'{k}="{v}"' for k, v in labels.items()) + f"}} {value} {int(timestamp * 1000)}"
+        if match := regex.search(text):
+            values.add(match.group(1))
+    return values
+
+
 def _expressions() -> list[tuple[str, str]]:
     """(where, PromQL) for every dashboard panel query and variable, every alert rule (in its `bool` form,
     so it answers below its threshold too) and every metric an alert reads."""
@@ -105,6 +122,8 @@ def test_every_dashboard_and_alert_expression_returns_data_and_the_stale_alert_f
                 tmp_path,
                 {"exporter": f"127.0.0.1:{exp.port}", "generator": f"127.0.0.1:{gen.port}"},
                 [_test_rules(tmp_path)],
+                # as a Prometheus Operator's ServiceMonitor labels its targets
+                target_labels={"namespace": "demo", "pod": "exporter-0", "hostname": "node-1"},
             )
             prometheus.start()
             wait_for(prometheus.targets_up, 20, f"targets not up:\n{prometheus.log()}")
@@ -116,6 +135,11 @@ def test_every_dashboard_and_alert_expression_returns_data_and_the_stale_alert_f
             while (missing := _no_data(prometheus, exprs)) and time.monotonic() < deadline:
                 time.sleep(2)
             assert missing == [], "expressions without data:\n" + "\n".join(missing) + "\n" + exp.log_text()[-3000:]
+
+            # The stream_table variable as Grafana computes it: its regex over query_result()'s text.
+            (board,) = [b for b in dashboards().values() if b["title"] == "pg_trickle refreshes"]
+            (variable,) = [v for v in board["templating"]["list"] if v["name"] == "stream_table"]
+            assert _variable_values(prometheus, variable) == set(get_scenario("ecommerce").stream_table_names)
 
             # Healthy: nothing from pg_trickle fires (stale, scheduler, down, suspended, errors).
             for alert in ("PgTrickleStreamTableStale", "PgTrickleSchedulerDown", "PgTrickleDown"):
