@@ -42,6 +42,8 @@ STAGES = ("connect", "catalog", "history", "change_buffers", "health_check", "an
 BASELINE_TIMEOUT_S = 120.0  # the start-up pass over the refresh history (first scrape only)
 _SCHEDULE_PART = re.compile(r"(\d+(?:\.\d+)?)([wdhms])")
 _UNIT_SECONDS = {"w": 604800, "d": 86400, "h": 3600, "m": 60, "s": 1}
+_CHECK_NAME = re.compile(r"[a-z][a-z0-9_]{0,62}")
+MAX_HEALTH_CHECKS = 32
 _SPEEDUP = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*x\s*$")
 
 
@@ -301,7 +303,15 @@ class PgTrickleCollector(Collector):
             "pg_trickle_scheduler_running", "1 when the engine's scheduler runs for this database (health_check)"
         )
         running = 0
+        seen: set[str] = set()
         for check in checks:
+            # check_name is the engine's own fixed set (ten rows in pg_trickle 0.67); anything that does not
+            # look like one, and rows beyond MAX_HEALTH_CHECKS names, are left out to keep the label bounded.
+            if not _CHECK_NAME.fullmatch(check.check_name or "") or check.check_name in seen:
+                continue
+            if len(seen) >= MAX_HEALTH_CHECKS:
+                break
+            seen.add(check.check_name)
             severity = "WARN" if check.severity == "WARNING" else check.severity  # pg_trickle spells it both ways
             for value in SEVERITIES:
                 health.add_metric([check.check_name, value], 1 if severity == value else 0)
