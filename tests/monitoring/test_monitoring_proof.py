@@ -1,6 +1,6 @@
 """The proof: a real Prometheus scraping the exporter and the generator over the emulator answers every
-PromQL expression of every dashboard panel and every alert rule, and the stale-table alert fires when the
-emulator's scheduler stops.
+PromQL expression of every dashboard panel and every alert rule, the stale-table alert fires when the
+emulator's scheduler stops, and the missing-exporter alert when the exporter stops.
 
 Only `for:` durations are shortened in the rule file Prometheus loads (to 1 s, so the test takes seconds,
 not minutes); the expressions and thresholds are the shipped ones, and the test checks nothing else
@@ -100,7 +100,8 @@ def _expressions() -> list[tuple[str, str]]:
                 metric, label = re.fullmatch(r"label_values\((\w+), (\w+)\)", query).groups()
                 exprs.append((f"{name} / variable {variable['name']}", f"count by ({label}) ({metric})"))
     for rule in alert_rules():
-        exprs.append((f"alert {rule['alert']}", as_bool(rule["expr"])))
+        if not rule["expr"].startswith("absent("):  # absent() answers only when its series is missing
+            exprs.append((f"alert {rule['alert']}", as_bool(rule["expr"])))
         for metric in sorted(metric_names(rule["expr"]) - set(ONLY_THE_REAL_ENGINE)):
             exprs.append((f"alert {rule['alert']} reads", metric))
     return exprs
@@ -142,7 +143,12 @@ def test_every_dashboard_and_alert_expression_returns_data_and_the_stale_alert_f
             assert _variable_values(prometheus, variable) == set(get_scenario("ecommerce").stream_table_names)
 
             # Healthy: nothing from pg_trickle fires (stale, scheduler, down, suspended, errors).
-            for alert in ("PgTrickleStreamTableStale", "PgTrickleSchedulerDown", "PgTrickleDown"):
+            for alert in (
+                "PgTrickleStreamTableStale",
+                "PgTrickleSchedulerDown",
+                "PgTrickleDown",
+                "PgTrickleExporterMissing",
+            ):
                 assert prometheus.firing(alert) == [], alert
             for alert in ("PgTrickleStreamTableSuspended", "PgTrickleConsecutiveErrors", "DemoGeneratorStalled"):
                 assert prometheus.firing(alert) == [], alert
@@ -170,6 +176,10 @@ def test_every_dashboard_and_alert_expression_returns_data_and_the_stale_alert_f
             assert all(a["annotations"]["runbook_url"] == "docs/runbooks.md#pgtricklestreamtablestale" for a in stale)
             wait_for(lambda: prometheus.firing("PgTrickleSchedulerDown"), 20, "PgTrickleSchedulerDown did not fire")
             assert prometheus.firing("PgTrickleDown") == []
+
+            # The exporter stops: its series go stale and PgTrickleExporterMissing fires.
+            assert exp.stop() == 0
+            wait_for(lambda: prometheus.firing("PgTrickleExporterMissing"), 20, "PgTrickleExporterMissing did not fire")
     finally:
         if prometheus is not None:
             prometheus.stop()
