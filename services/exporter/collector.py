@@ -302,22 +302,22 @@ class PgTrickleCollector(Collector):
         scheduler = GaugeMetricFamily(
             "pg_trickle_scheduler_running", "1 when the engine's scheduler runs for this database (health_check)"
         )
-        running = 0
+        running: int | None = None
         seen: set[str] = set()
         for check in checks:
-            # check_name is the engine's own fixed set (ten rows in pg_trickle 0.67); anything that does not
-            # look like one, and rows beyond MAX_HEALTH_CHECKS names, are left out to keep the label bounded.
-            if not _CHECK_NAME.fullmatch(check.check_name or "") or check.check_name in seen:
-                continue
-            if len(seen) >= MAX_HEALTH_CHECKS:
-                break
-            seen.add(check.check_name)
             severity = "WARN" if check.severity == "WARNING" else check.severity  # pg_trickle spells it both ways
+            if check.check_name == "scheduler_running" and running is None:
+                running = 1 if severity == "OK" else 0
+            # check_name is the engine's own fixed set (ten rows in pg_trickle 0.67); anything that does not
+            # look like one, repeats, and names beyond MAX_HEALTH_CHECKS are left out: the label stays bounded.
+            if check.check_name in seen or len(seen) >= MAX_HEALTH_CHECKS:
+                continue
+            if not _CHECK_NAME.fullmatch(check.check_name or ""):
+                continue
+            seen.add(check.check_name)
             for value in SEVERITIES:
                 health.add_metric([check.check_name, value], 1 if severity == value else 0)
-            if check.check_name == "scheduler_running" and severity == "OK":
-                running = 1
-        scheduler.add_metric([], running)
+        scheduler.add_metric([], running or 0)
         return [health, scheduler]
 
     def _analyses_metrics(self, tables) -> list[Metric]:

@@ -443,18 +443,20 @@ def test_a_scrape_never_scans_the_refresh_history(demo_db):
 
 
 def test_health_check_labels_stay_bounded(demo_db):
-    """An engine whose health_check() returns odd names, duplicates and hundreds of rows: the exporter keeps
-    names that look like check names, once each, at most 32 of them, and severities from the enumeration."""
+    """An engine whose health_check() returns odd names, repeats and hundreds of rows: the exporter keeps
+    names that look like check names, once each (the first row wins), at most 32 of them, and severities
+    from the enumeration; the scheduler_running row counts wherever it comes."""
     db = demo_db("ecommerce")
     with psycopg.connect(db.admin_url, autocommit=True) as admin:
         admin.execute(
             """CREATE OR REPLACE FUNCTION pgtrickle.health_check()
                RETURNS TABLE (check_name text, severity text, detail text) LANGUAGE sql STABLE AS $$
-                   SELECT 'scheduler_running', 'OK', ''
-                   UNION ALL SELECT 'scheduler_running', 'ERROR', 'a duplicate'
+                   SELECT 'buffer_growth', 'OK', ''
+                   UNION ALL SELECT 'buffer_growth', 'ERROR', 'a repeat'
                    UNION ALL SELECT 'Table "public.x" is odd', 'WARN', ''
-                   UNION ALL SELECT 'buffer_growth', 'CRITICAL', ''
+                   UNION ALL SELECT 'slot_lag', 'CRITICAL', ''
                    UNION ALL SELECT 'check_' || g, 'WARNING', '' FROM generate_series(1, 300) g
+                   UNION ALL SELECT 'scheduler_running', 'OK', ''
                $$"""
         )
     with ConnectionPool(db.reader_url, min_size=1, max_size=1, open=True) as pool:
@@ -465,9 +467,11 @@ def test_health_check_labels_stay_bounded(demo_db):
             f for f in PgTrickleCollector(pool, "ecommerce", 5.0).collect() if f.name == "pg_trickle_scheduler_running"
         ]
     checks = {s.labels["check"] for s in family.samples}
-    assert len(checks) == 32 and {"scheduler_running", "buffer_growth", "check_1"} <= checks
+    assert len(checks) == 32 and {"buffer_growth", "slot_lag", "check_1"} <= checks
+    assert "scheduler_running" not in checks, "beyond the first 32 names"
     assert len(family.samples) == 32 * len(SEVERITIES), "one sample per check and severity: no duplicates"
     assert {s.labels["severity"] for s in family.samples} == set(SEVERITIES)
-    assert [s.value for s in family.samples if s.labels["check"] == "buffer_growth"] == [0, 0, 0]
+    assert [s.value for s in family.samples if s.labels["check"] == "buffer_growth"] == [1, 0, 0], "first row wins"
     assert [s.value for s in family.samples if s.labels == {"check": "check_1", "severity": "WARN"}] == [1]
-    assert running.samples[0].value == 1, "the first scheduler_running row counts"
+    assert [s.value for s in family.samples if s.labels["check"] == "slot_lag"] == [0, 0, 0], "CRITICAL: none"
+    assert running.samples[0].value == 1, "the scheduler_running row counts wherever it comes"
