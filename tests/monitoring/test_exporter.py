@@ -475,3 +475,29 @@ def test_health_check_labels_stay_bounded(demo_db):
     assert [s.value for s in family.samples if s.labels == {"check": "check_1", "severity": "WARN"}] == [1]
     assert [s.value for s in family.samples if s.labels["check"] == "slot_lag"] == [0, 0, 0], "CRITICAL: none"
     assert running.samples[0].value == 1, "the scheduler_running row counts wherever it comes"
+
+
+def test_pruning_leaves_a_running_exporters_counters_alone(demo_db):
+    """pg_trickle deletes history beyond its retention: the totals of a running exporter do not go back."""
+    db = demo_db("ecommerce")
+    refresh_round(db.admin_url)
+    refresh_round(db.admin_url)
+    with psycopg.connect(db.reader_url) as reader, psycopg.connect(db.admin_url, autocommit=True) as admin:
+        tracker = HistoryTracker()
+        with reader.transaction():
+            tracker.baseline(reader)
+        before = {pgt_id: dict(t.refreshes) for pgt_id, t in tracker.totals.items()}
+        pruned = admin.execute(
+            "DELETE FROM pgtrickle.pgt_refresh_history"
+            " WHERE refresh_id <= (SELECT max(refresh_id) / 2 FROM pgtrickle.pgt_refresh_history)"
+        ).rowcount
+        assert pruned > 0
+        refresh_round(db.admin_url)
+        tracker.advance(reader, datetime.now(UTC))
+        reader.commit()
+        for pgt_id, counts in before.items():
+            for key, value in counts.items():
+                assert tracker.totals[pgt_id].refreshes[key] >= value, (pgt_id, key)
+        assert sum(sum(t.refreshes.values()) for t in tracker.totals.values()) > sum(
+            sum(c.values()) for c in before.values()
+        )
