@@ -85,9 +85,10 @@ def variables(with_stream_table: bool) -> list:
             db.QueryVariable("stream_table")
             .label("Stream table")
             .datasource(DATASOURCE)
-            # label_values() cannot join; query_result() can, and the regex takes the name label out.
+            # label_values() cannot join; query_result() can, and the regex takes the name label out of
+            # Grafana's `metric{label="value", ...} value time` text (not `namespace` or `hostname`).
             .query(f"query_result({of_scenario('pg_trickle_populated')})")
-            .regex('/name="([^"]+)"/')
+            .regex('/[{ ]name="([^"]+)"/')
             .refresh(model.VariableRefresh.ON_TIME_RANGE_CHANGED)
             .sort(model.VariableSort.ALPHABETICAL_ASC)
             .include_all(True)

@@ -330,6 +330,17 @@ def history_watermark(conn: psycopg.Connection) -> tuple[int, list[int]]:
     return top, [row[0] for row in running]
 
 
+def refresh_ids_between(conn: psycopg.Connection, above: int, up_to: int) -> list[int]:
+    """The refresh_ids visible in (`above`, `up_to`] (a primary-key range scan): an incremental reader
+    starting at `up_to` finds the ids the sequence handed out there whose rows it cannot see yet."""
+    rows = conn.execute(
+        "SELECT refresh_id FROM pgtrickle.pgt_refresh_history WHERE refresh_id > %s AND refresh_id <= %s"
+        " ORDER BY refresh_id",
+        (above, up_to),
+    ).fetchall()
+    return [row[0] for row in rows]
+
+
 def refresh_totals(conn: psycopg.Connection, up_to_refresh_id: int) -> list[RefreshTotals]:
     """Finished refreshes (COMPLETED, FAILED, SKIPPED) with refresh_id <= `up_to_refresh_id`, grouped by
     stream table, action and status (one pass over the history: start-up only)."""

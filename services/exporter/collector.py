@@ -21,6 +21,7 @@ from psycopg_pool import ConnectionPool
 
 from services.common import pgtrickle
 from services.common.db import first_line
+from services.common.scenarios import get_scenario
 from services.exporter.analyses import AnalysesReader
 from services.exporter.history import DURATION_BUCKETS, HistoryTracker
 
@@ -39,13 +40,15 @@ CONFIDENCE = {"low": 1, "medium": 2, "high": 3}
 SEVERITIES = ("OK", "WARN", "ERROR")
 STAGES = ("connect", "catalog", "history", "change_buffers", "health_check", "analyses")
 BASELINE_TIMEOUT_S = 120.0  # the start-up pass over the refresh history (first scrape only)
-_SCHEDULE_PART = re.compile(r"(\d+(?:\.\d+)?)([dhms])")
-_UNIT_SECONDS = {"d": 86400, "h": 3600, "m": 60, "s": 1}
+_SCHEDULE_PART = re.compile(r"(\d+(?:\.\d+)?)([wdhms])")
+_UNIT_SECONDS = {"w": 604800, "d": 86400, "h": 3600, "m": 60, "s": 1}
+_CHECK_NAME = re.compile(r"[a-z][a-z0-9_]{0,62}")
+MAX_HEALTH_CHECKS = 32
 _SPEEDUP = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*x\s*$")
 
 
 def schedule_seconds(schedule: str | None) -> float | None:
-    """'1s', '5m', '1h30m', '90' -> seconds; NULL (calculated) or a cron expression -> None."""
+    """'1s', '5m', '1h30m', '2w', '90' -> seconds; NULL (calculated) or a cron expression -> None."""
     if schedule is None:
         return None
     text = schedule.strip().lower()
@@ -86,10 +89,10 @@ class PgTrickleCollector(Collector):
         analyses: AnalysesReader | None = None,
     ):
         self.pool, self.scenario, self.scrape_timeout, self.analyses = pool, scenario, scrape_timeout, analyses
+        self.expected_stream_tables = get_scenario(scenario).stream_table_names
         self.history = HistoryTracker()
         self.errors: dict[str, int] = dict.fromkeys(STAGES, 0)
         self.scrapes = 0
-        self.last_success: float | None = None  # time.monotonic() of the last scrape that reached the engine
         self._lock = threading.Lock()  # scrapes are serialised: the history tracker is shared state
 
     def describe(self) -> list[Metric]:
@@ -130,7 +133,6 @@ class PgTrickleCollector(Collector):
             up.add_metric([], 0)
             return [up]
         up.add_metric([], 1)
-        self.last_success = time.monotonic()
         return [up, *metrics]
 
     def _failed(self, stage: str, exc: BaseException) -> None:
@@ -219,7 +221,7 @@ class PgTrickleCollector(Collector):
             if not self.history.initialised:
                 c.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
                 c.execute(f"SET LOCAL statement_timeout = {int(BASELINE_TIMEOUT_S * 1000)}")
-                self.history.baseline(c)
+                self.history.baseline(c, now)
             return True
 
         if not self.history.initialised:
@@ -300,14 +302,22 @@ class PgTrickleCollector(Collector):
         scheduler = GaugeMetricFamily(
             "pg_trickle_scheduler_running", "1 when the engine's scheduler runs for this database (health_check)"
         )
-        running = 0
+        running: int | None = None
+        seen: set[str] = set()
         for check in checks:
             severity = "WARN" if check.severity == "WARNING" else check.severity  # pg_trickle spells it both ways
+            if check.check_name == "scheduler_running" and running is None:
+                running = 1 if severity == "OK" else 0
+            # check_name is the engine's own fixed set (ten rows in pg_trickle 0.67); anything that does not
+            # look like one, repeats, and names beyond MAX_HEALTH_CHECKS are left out: the label stays bounded.
+            if check.check_name in seen or len(seen) >= MAX_HEALTH_CHECKS:
+                continue
+            if not _CHECK_NAME.fullmatch(check.check_name or ""):
+                continue
+            seen.add(check.check_name)
             for value in SEVERITIES:
                 health.add_metric([check.check_name, value], 1 if severity == value else 0)
-            if check.check_name == "scheduler_running" and severity == "OK":
-                running = 1
-        scheduler.add_metric([], running)
+        scheduler.add_metric([], running or 0)
         return [health, scheduler]
 
     def _analyses_metrics(self, tables) -> list[Metric]:
@@ -384,17 +394,20 @@ class PgTrickleCollector(Collector):
         return out
 
     def ready(self) -> tuple[bool, str]:
-        """Ready once a scrape (or a probe) reached the engine within the last minute."""
-        if self.last_success is not None and time.monotonic() - self.last_success < 60:
-            return True, "catalog readable"
+        """Ready when the database answers, the engine's catalog is readable and it lists every stream
+        table of the scenario (the scenario's objects are present)."""
         try:
-            with self.pool.connection(timeout=2) as conn:
+            with self.pool.connection(timeout=2) as conn, conn.transaction():
                 conn.execute("SET LOCAL statement_timeout = 2000")
                 pgtrickle.version(conn)
+                present = {st.pgt_name for st in pgtrickle.stream_tables(conn)}
         except Exception as exc:
             return False, f"catalog not readable: {first_line(exc)}"
-        self.last_success = time.monotonic()
-        return True, "catalog readable"
+        missing = [name for name in self.expected_stream_tables if name not in present]
+        if missing:
+            shown = ", ".join(missing[:5]) + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
+            return False, f"catalog readable, but the {self.scenario} stream tables {shown} are missing"
+        return True, "catalog readable, scenario stream tables present"
 
 
 def _le(bound: float) -> str:

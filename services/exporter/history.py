@@ -36,6 +36,9 @@ ABANDON_RUNNING_AFTER = timedelta(hours=1)
 # MAX_GAPS of them.
 GAP_PATIENCE = timedelta(minutes=5)
 MAX_GAPS = 10000
+# The start-up baseline looks for such ids among the newest ones below its watermark too: a refresh whose
+# id is below the highest one but whose row is not committed yet would otherwise never be counted.
+BASELINE_GAP_WINDOW = 1000
 
 
 @dataclass
@@ -68,10 +71,16 @@ class HistoryTracker:
     def initialised(self) -> bool:
         return self.watermark is not None
 
-    def baseline(self, conn: psycopg.Connection) -> None:
+    def baseline(self, conn: psycopg.Connection, now: datetime | None = None) -> None:
         """Totals of everything finished up to the current highest refresh_id (one pass, start-up only).
-        Runs in one REPEATABLE READ snapshot so the three reads agree."""
+        Runs in one REPEATABLE READ snapshot so the reads agree. Ids below the watermark that this snapshot
+        cannot see (a transaction still in flight, or rolled back) are looked up again for GAP_PATIENCE."""
         top, running = pgtrickle.history_watermark(conn)
+        if now is None:
+            now = pgtrickle.database_now(conn)
+        low = max(0, top - BASELINE_GAP_WINDOW)
+        visible = set(pgtrickle.refresh_ids_between(conn, low, top))
+        gaps = {refresh_id: now for refresh_id in range(low + 1, top + 1) if refresh_id not in visible}
         totals: dict[int, TableTotals] = defaultdict(TableTotals)
         for row in pgtrickle.refresh_totals(conn, top):
             table = totals[row.pgt_id]
@@ -90,9 +99,12 @@ class HistoryTracker:
             table.duration_sum = row.sum_seconds
         self.totals, self.watermark = totals, top
         self.running = dict.fromkeys(running)
+        self.gaps = gaps
         log.info(
             "refresh history baseline read",
-            extra={"fields": {"watermark": top, "stream_tables": len(totals), "running": len(running)}},
+            extra={
+                "fields": {"watermark": top, "stream_tables": len(totals), "running": len(running), "gaps": len(gaps)}
+            },
         )
 
     def advance(self, conn: psycopg.Connection, now: datetime) -> int:

@@ -88,6 +88,12 @@ CREATE TABLE pgtrickle.pgt_refresh_history (
 -- Readers never scan the growing history: per-table newest-first reads, global newest-first reads.
 CREATE INDEX pgt_refresh_history_pgt_start_idx ON pgtrickle.pgt_refresh_history (pgt_id, start_time DESC);
 CREATE INDEX pgt_refresh_history_start_idx ON pgtrickle.pgt_refresh_history (start_time DESC);
+-- refresh_efficiency() and the advisor read the latest 100 COMPLETED rows of one table by action, and of
+-- those that changed rows: bounded index reads, not a walk through every NO_DATA row of the table.
+CREATE INDEX pgt_refresh_history_completed_idx ON pgtrickle.pgt_refresh_history (pgt_id, action, start_time DESC)
+ WHERE status = 'COMPLETED';
+CREATE INDEX pgt_refresh_history_changed_idx ON pgtrickle.pgt_refresh_history (pgt_id, start_time DESC)
+ WHERE status = 'COMPLETED' AND rows_inserted + rows_deleted > 0;
 
 CREATE TABLE pgtrickle.pgt_dependencies (
     pgt_id                 bigint NOT NULL REFERENCES pgtrickle.pgt_stream_tables (pgt_id) ON DELETE CASCADE,
@@ -1188,6 +1194,7 @@ DECLARE
     source_rows double precision;
     ratio_now double precision;
     ratio_avg double precision;
+    full_ms double precision;
     history_rows bigint;
     size_bytes bigint;
     sig jsonb;
@@ -1212,7 +1219,7 @@ BEGIN
           FROM pgtrickle.pgt_dependencies d JOIN pg_catalog.pg_class c ON c.oid = d.source_relid
          WHERE d.pgt_id = st.pgt_id AND c.reltuples >= 0;
         ratio_now := CASE WHEN source_rows > 0 THEN pending / source_rows END;
-        SELECT e.avg_change_ratio INTO ratio_avg FROM pgtrickle.refresh_efficiency() e
+        SELECT e.avg_change_ratio, e.avg_full_ms INTO ratio_avg, full_ms FROM pgtrickle.refresh_efficiency() e
          WHERE e.pgt_schema = st.pgt_schema AND e.pgt_name = st.pgt_name;
         SELECT count(*) INTO history_rows FROM (
             SELECT 1 FROM pgtrickle.pgt_refresh_history h
@@ -1264,8 +1271,7 @@ BEGIN
         reason := why;
         signals := jsonb_build_object(
             'change_ratio_current', ratio_now, 'change_ratio_avg', ratio_avg,
-            'diff_avg_ms', NULL, 'full_avg_ms', (SELECT e.avg_full_ms FROM pgtrickle.refresh_efficiency() e
-                                                   WHERE e.pgt_schema = st.pgt_schema AND e.pgt_name = st.pgt_name),
+            'diff_avg_ms', NULL, 'full_avg_ms', full_ms,
             'diff_p95_ms', NULL, 'target_size_bytes', size_bytes, 'join_count', NULL, 'has_covering_index', NULL,
             'history_rows_diff', 0, 'history_rows_full', history_rows, 'composite_score', composite,
             'signals', coalesce(sig, '[]'::jsonb));

@@ -118,7 +118,14 @@ class ExporterProcess:
 class PrometheusServer:
     """Debian's prometheus on 127.0.0.1:<free port>, with our config and a temporary TSDB; stopped by PID."""
 
-    def __init__(self, workdir: Path, targets: dict[str, str], rule_files: list[Path], interval: str = "1s"):
+    def __init__(
+        self,
+        workdir: Path,
+        targets: dict[str, str],
+        rule_files: list[Path],
+        interval: str = "1s",
+        target_labels: dict[str, str] | None = None,
+    ):
         self.binary = require_tool("prometheus", "Debian package prometheus")
         self.workdir = workdir
         self.port = free_port()
@@ -126,7 +133,8 @@ class PrometheusServer:
             "global": {"scrape_interval": interval, "scrape_timeout": interval, "evaluation_interval": interval},
             "rule_files": [str(path) for path in rule_files],
             "scrape_configs": [
-                {"job_name": job, "static_configs": [{"targets": [target]}]} for job, target in targets.items()
+                {"job_name": job, "static_configs": [{"targets": [target], "labels": target_labels or {}}]}
+                for job, target in targets.items()
             ],
         }
         self.config_file = workdir / "prometheus.yml"

@@ -99,9 +99,27 @@ def test_one_source_of_truth_for_the_rules():
     assert targets == {"exporter": ["exporter:9188"], "generator": ["generator:8000"]}
 
 
-def test_compose_prometheus_config_is_valid():
+def test_compose_prometheus_config_is_valid_and_loads_the_rules(tmp_path):
+    """promtool checks compose's prometheus.yml with the rule file where compose mounts it (the glob under
+    /etc/prometheus/rules/ moved to a temporary folder), so the rules it loads are checked too."""
     promtool = require_tool("promtool", "Debian package prometheus")
-    result = subprocess.run(
-        [promtool, "check", "config", str(PROMETHEUS_CONFIG)], capture_output=True, text=True, timeout=60
-    )
+    rules = tmp_path / "rules"
+    rules.mkdir()
+    (rules / "alerts.yaml").write_text(ALERTS.read_text())
+    config = tmp_path / "prometheus.yml"
+    config.write_text(PROMETHEUS_CONFIG.read_text().replace("/etc/prometheus/rules/", f"{rules}/"))
+    result = subprocess.run([promtool, "check", "config", str(config)], capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stdout + result.stderr
+    assert f"SUCCESS: {len(alert_rules())} rules found" in result.stdout + result.stderr
+
+
+def test_grafana_provisioning_for_compose():
+    """The datasource points at compose's Prometheus; the provider reads where compose mounts the JSON."""
+    provisioning = ROOT / "monitoring/grafana/provisioning"
+    (source,) = yaml.safe_load((provisioning / "datasources/prometheus.yaml").read_text())["datasources"]
+    assert (source["type"], source["url"], source["access"]) == ("prometheus", "http://prometheus:9090", "proxy")
+    (provider,) = yaml.safe_load((provisioning / "dashboards/provider.yaml").read_text())["providers"]
+    assert provider["type"] == "file" and provider["options"]["path"] == "/var/lib/grafana/dashboards"
+    compose = yaml.safe_load((ROOT / "compose.yaml").read_text())["services"]
+    assert any(v.endswith(":/var/lib/grafana/dashboards:ro") for v in compose["grafana"]["volumes"])
+    assert any(p.endswith(":9090") for p in compose["prometheus"]["ports"])

@@ -3,24 +3,30 @@ across exporter restarts, scrapes read only what is new, an unreachable database
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
+import threading
 from collections import defaultdict
 from datetime import UTC, datetime
 
 import psycopg
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
+from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict
+from psycopg_pool import ConnectionPool
 
 from devenv.postgres import free_port
 from services.common import pgtrickle
+from services.exporter.analyses import AnalysesReader, next_wait
 from services.exporter.collector import (
     ACTIONS,
     MODES,
     REFRESH_STATUSES,
     SEVERITIES,
     STATUSES,
+    PgTrickleCollector,
     schedule_seconds,
     speedup_ratio,
 )
@@ -232,7 +238,7 @@ def test_bad_configuration_is_one_line_and_exit_2(variable, value, message):
 
 def test_schedule_and_speedup_parsing():
     assert schedule_seconds("1s") == 1 and schedule_seconds("5m") == 300 and schedule_seconds("1h30m") == 5400
-    assert schedule_seconds("90") == 90
+    assert schedule_seconds("90") == 90 and schedule_seconds("2w") == 14 * 86400 and schedule_seconds("1d12h") == 129600
     assert schedule_seconds(None) is None and schedule_seconds("*/5 * * * *") is None
     assert schedule_seconds("calculated") is None
     assert speedup_ratio("12.5x") == 12.5 and speedup_ratio(None) is None and speedup_ratio("n/a") is None
@@ -268,3 +274,230 @@ def test_configuration_defaults():
     url = load_config({"DATABASE_URL": "postgresql://someone:secret@h/other", "DEMO_READER_PASSWORD": "pw"})
     assert conninfo_to_dict(url.conninfo)["dbname"] == "other"
     assert conninfo_to_dict(url.conninfo)["password"] == "secret"
+
+
+def test_a_refresh_committed_after_the_baseline_below_its_watermark_is_counted(demo_db):
+    """A parallel worker took a refresh_id, a later refresh committed first, then the exporter started:
+    the first row is below the watermark but invisible to the baseline; it is counted when it commits."""
+    db = demo_db("ecommerce")
+    refresh_round(db.admin_url)
+    insert = """INSERT INTO pgtrickle.pgt_refresh_history (pgt_id, data_timestamp, start_time, end_time, action, status)
+                VALUES (%s, now(), now(), now(), 'NO_DATA', 'COMPLETED') RETURNING refresh_id"""
+    with (
+        psycopg.connect(db.admin_url) as late,
+        psycopg.connect(db.admin_url, autocommit=True) as admin,
+        psycopg.connect(db.reader_url) as reader,
+    ):
+        pgt_id = admin.execute(
+            "SELECT pgt_id FROM pgtrickle.pgt_stream_tables WHERE pgt_name = 'product_sales'"
+        ).fetchone()[0]
+        late_id = late.execute(insert, (pgt_id,)).fetchone()[0]  # in flight: not committed yet
+        early_id = admin.execute(insert, (pgt_id,)).fetchone()[0]
+        assert early_id > late_id
+
+        tracker = HistoryTracker()
+        with reader.transaction():
+            reader.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+            tracker.baseline(reader)
+        assert tracker.watermark == early_id and late_id in tracker.gaps
+        counted = tracker.totals[pgt_id].refreshes[("NO_DATA", "COMPLETED")]
+        assert counted == history_counts(db.admin_url)[0][("product_sales", "NO_DATA", "COMPLETED")]
+
+        late.commit()
+        tracker.advance(reader, datetime.now(UTC))
+        reader.commit()
+        assert tracker.totals[pgt_id].refreshes[("NO_DATA", "COMPLETED")] == counted + 1
+        assert late_id not in tracker.gaps
+        tracker.advance(reader, datetime.now(UTC))
+        assert tracker.totals[pgt_id].refreshes[("NO_DATA", "COMPLETED")] == counted + 1, "counted once"
+
+
+def test_the_analyses_are_read_separately_and_their_interval_follows_their_cost(demo_db):
+    """recommend_refresh_mode() not granted to the reader: refresh_efficiency() still feeds the change
+    ratio, and the failure counts once. A read that took D seconds delays the next by 10 x D."""
+    db = demo_db("ecommerce")
+    refresh_round(db.admin_url)
+    with psycopg.connect(db.admin_url, autocommit=True) as admin:
+        admin.execute("REVOKE EXECUTE ON FUNCTION pgtrickle.recommend_refresh_mode(text) FROM PUBLIC, demo_reader")
+    stop = threading.Event()
+    with ConnectionPool(db.reader_url, min_size=1, max_size=1, open=True) as pool:
+        reader = AnalysesReader(pool, 30, stop)
+        latest = reader.read_once()
+    assert ("public", "product_sales") in latest.efficiency
+    assert latest.recommendations == {}
+    assert reader.errors == 1
+
+    assert next_wait(30, 0.2, 0) == 30
+    assert next_wait(30, 4.5, 0) == 45, "a 4.5 s read (1M history rows) waits 45 s, not 30"
+    assert next_wait(30, 4.5, 1) == 90 and next_wait(30, 4.5, 10) == 600
+    assert next_wait(900, 1, 3) == 900, "an interval beyond the back-off cap stays the interval"
+
+
+def test_ready_means_the_scenarios_stream_tables_are_present(demo_db):
+    db = demo_db("ecommerce")
+    with ConnectionPool(db.reader_url, min_size=1, max_size=1, open=True) as pool:
+        collector = PgTrickleCollector(pool, "ecommerce", 5.0)
+        assert collector.ready() == (True, "catalog readable, scenario stream tables present")
+        with psycopg.connect(db.admin_url, autocommit=True) as admin:
+            pgtrickle.drop_stream_table(admin, "public.top_10_customers")
+        ready, detail = collector.ready()
+        assert not ready and "top_10_customers" in detail and "missing" in detail
+        assert not PgTrickleCollector(pool, "fraud", 5.0).ready()[0], "another scenario's tables are not there"
+
+
+def _readme_metrics() -> dict[str, tuple[str, set[str]]]:
+    """The README's metrics table: name -> (type, labels)."""
+    section = (ROOT / "README.md").read_text().split("## Exporter and monitoring", 1)[1].split("\n## ", 1)[0]
+    out = {}
+    table = section.split("| Metric | Type | Labels | Unit | Meaning |", 1)[1].split("\n\n", 1)[0]
+    for line in table.splitlines()[2:]:
+        name, kind, labels = (cell.strip() for cell in line.split("|")[1:4])
+        name = name.strip("`")
+        out[name] = (kind.split()[0], {label.strip() for label in re.sub(r"\(.*?\)", "", labels).split(",")} - {""})
+    return out
+
+
+def test_the_readme_metrics_table_matches_the_exposition(demo_db):
+    """Every family the exporter serves is in the README table with its type and labels, and the table
+    names nothing else."""
+    db = demo_db("ecommerce")
+    refresh_round(db.admin_url)
+    with ConnectionPool(db.reader_url, min_size=1, max_size=2, open=True) as pool:
+        analyses = AnalysesReader(pool, 30, threading.Event())
+        analyses.read_once()
+        families = list(PgTrickleCollector(pool, "ecommerce", 5.0, analyses).collect())
+    exposed = {}
+    for family in families:
+        name = family.name + ("_total" if family.type == "counter" else "")
+        labels = {key for sample in family.samples for key in sample.labels} - {"le"}
+        exposed[name] = (family.type, labels or set(family._labelnames))
+    assert exposed["pg_trickle_up"] == ("gauge", set())
+    assert _readme_metrics() == exposed
+
+
+class _RecordingCursor(psycopg.Cursor):
+    """Remembers every statement run through it (the exporter's pool uses it in the plan test)."""
+
+    statements: list = []
+
+    def execute(self, query, params=None, **kwargs):
+        _RecordingCursor.statements.append((query, params))
+        return super().execute(query, params, **kwargs)
+
+
+def _seq_scans(plan: dict) -> list[str]:
+    found = [plan["Relation Name"]] if plan.get("Node Type") == "Seq Scan" else []
+    for child in plan.get("Plans", []):
+        found += _seq_scans(child)
+    return found
+
+
+def test_a_scrape_never_scans_the_refresh_history(demo_db):
+    """With 200,000 history rows: after the start-up baseline, every statement a scrape runs (new rows,
+    refreshes still RUNNING, ids skipped by the sequence) is planned without a sequential scan of
+    pgt_refresh_history."""
+    db = demo_db("ecommerce")
+    with psycopg.connect(db.admin_url, autocommit=True) as admin:
+        admin.execute(
+            """INSERT INTO pgtrickle.pgt_refresh_history
+                      (pgt_id, data_timestamp, start_time, end_time, action, status, rows_inserted)
+               SELECT st.pgt_id, now(), now() - make_interval(secs => g), now() - make_interval(secs => g) + '5 ms',
+                      CASE WHEN g % 7 = 0 THEN 'FULL' ELSE 'NO_DATA' END, 'COMPLETED', g % 3
+                 FROM generate_series(1, 33334) g CROSS JOIN pgtrickle.pgt_stream_tables st"""
+        )
+        admin.execute("ANALYZE pgtrickle.pgt_refresh_history")
+        assert admin.execute("SELECT count(*) FROM pgtrickle.pgt_refresh_history").fetchone()[0] > 200_000
+    with ConnectionPool(
+        db.reader_url, min_size=1, max_size=1, open=True, kwargs={"cursor_factory": _RecordingCursor}
+    ) as pool:
+        collector = PgTrickleCollector(pool, "ecommerce", 30.0)
+        list(collector.collect())  # the baseline (a one-off full pass at start-up)
+        assert collector.history.initialised
+        with psycopg.connect(db.admin_url) as late, psycopg.connect(db.admin_url, autocommit=True) as admin:
+            late.execute(  # a refresh in flight: its id is skipped until it commits
+                "INSERT INTO pgtrickle.pgt_refresh_history (pgt_id, data_timestamp, start_time, action, status)"
+                " SELECT min(pgt_id), now(), now(), 'FULL', 'RUNNING' FROM pgtrickle.pgt_stream_tables"
+            )
+            refresh_round(db.admin_url)
+            admin.execute(  # and one a visible RUNNING row stands for
+                "INSERT INTO pgtrickle.pgt_refresh_history (pgt_id, data_timestamp, start_time, action, status)"
+                " SELECT max(pgt_id), now(), now(), 'FULL', 'RUNNING' FROM pgtrickle.pgt_stream_tables"
+            )
+            _RecordingCursor.statements.clear()
+            list(collector.collect())
+            assert collector.history.gaps and collector.history.running, "looked up again at the next scrape"
+            list(collector.collect())
+            late.rollback()
+        statements = list(_RecordingCursor.statements)
+    assert collector.errors == dict.fromkeys(collector.errors, 0)
+    explained = 0
+    with psycopg.connect(db.reader_url) as conn:
+        for query, params in statements:
+            text = query.as_string(conn) if isinstance(query, sql.Composable) else query
+            if not text.lstrip().upper().startswith("SELECT"):
+                continue
+            plan = conn.execute(f"EXPLAIN (FORMAT JSON) {text}", params).fetchone()[0][0]["Plan"]
+            assert "pgt_refresh_history" not in _seq_scans(plan), text
+            explained += "pgt_refresh_history" in text
+    assert explained >= 3, "the history reads (new rows, RUNNING and skipped ids) were explained"
+
+
+def test_health_check_labels_stay_bounded(demo_db):
+    """An engine whose health_check() returns odd names, repeats and hundreds of rows: the exporter keeps
+    names that look like check names, once each (the first row wins), at most 32 of them, and severities
+    from the enumeration; the scheduler_running row counts wherever it comes."""
+    db = demo_db("ecommerce")
+    with psycopg.connect(db.admin_url, autocommit=True) as admin:
+        admin.execute(
+            """CREATE OR REPLACE FUNCTION pgtrickle.health_check()
+               RETURNS TABLE (check_name text, severity text, detail text) LANGUAGE sql STABLE AS $$
+                   SELECT 'buffer_growth', 'OK', ''
+                   UNION ALL SELECT 'buffer_growth', 'ERROR', 'a repeat'
+                   UNION ALL SELECT 'Table "public.x" is odd', 'WARN', ''
+                   UNION ALL SELECT 'slot_lag', 'CRITICAL', ''
+                   UNION ALL SELECT 'check_' || g, 'WARNING', '' FROM generate_series(1, 300) g
+                   UNION ALL SELECT 'scheduler_running', 'OK', ''
+               $$"""
+        )
+    with ConnectionPool(db.reader_url, min_size=1, max_size=1, open=True) as pool:
+        (family,) = [
+            f for f in PgTrickleCollector(pool, "ecommerce", 5.0).collect() if f.name == "pg_trickle_health_check"
+        ]
+        (running,) = [
+            f for f in PgTrickleCollector(pool, "ecommerce", 5.0).collect() if f.name == "pg_trickle_scheduler_running"
+        ]
+    checks = {s.labels["check"] for s in family.samples}
+    assert len(checks) == 32 and {"buffer_growth", "slot_lag", "check_1"} <= checks
+    assert "scheduler_running" not in checks, "beyond the first 32 names"
+    assert len(family.samples) == 32 * len(SEVERITIES), "one sample per check and severity: no duplicates"
+    assert {s.labels["severity"] for s in family.samples} == set(SEVERITIES)
+    assert [s.value for s in family.samples if s.labels["check"] == "buffer_growth"] == [1, 0, 0], "first row wins"
+    assert [s.value for s in family.samples if s.labels == {"check": "check_1", "severity": "WARN"}] == [1]
+    assert [s.value for s in family.samples if s.labels["check"] == "slot_lag"] == [0, 0, 0], "CRITICAL: none"
+    assert running.samples[0].value == 1, "the scheduler_running row counts wherever it comes"
+
+
+def test_pruning_leaves_a_running_exporters_counters_alone(demo_db):
+    """pg_trickle deletes history beyond its retention: the totals of a running exporter do not go back."""
+    db = demo_db("ecommerce")
+    refresh_round(db.admin_url)
+    refresh_round(db.admin_url)
+    with psycopg.connect(db.reader_url) as reader, psycopg.connect(db.admin_url, autocommit=True) as admin:
+        tracker = HistoryTracker()
+        with reader.transaction():
+            tracker.baseline(reader)
+        before = {pgt_id: dict(t.refreshes) for pgt_id, t in tracker.totals.items()}
+        pruned = admin.execute(
+            "DELETE FROM pgtrickle.pgt_refresh_history"
+            " WHERE refresh_id <= (SELECT max(refresh_id) / 2 FROM pgtrickle.pgt_refresh_history)"
+        ).rowcount
+        assert pruned > 0
+        refresh_round(db.admin_url)
+        tracker.advance(reader, datetime.now(UTC))
+        reader.commit()
+        for pgt_id, counts in before.items():
+            for key, value in counts.items():
+                assert tracker.totals[pgt_id].refreshes[key] >= value, (pgt_id, key)
+        assert sum(sum(t.refreshes.values()) for t in tracker.totals.values()) > sum(
+            sum(c.values()) for c in before.values()
+        )

@@ -1,6 +1,6 @@
 """The proof: a real Prometheus scraping the exporter and the generator over the emulator answers every
-PromQL expression of every dashboard panel and every alert rule, and the stale-table alert fires when the
-emulator's scheduler stops.
+PromQL expression of every dashboard panel and every alert rule, the stale-table alert fires when the
+emulator's scheduler stops, and the missing-exporter alert when the exporter stops.
 
 Only `for:` durations are shortened in the rule file Prometheus loads (to 1 s, so the test takes seconds,
 not minutes); the expressions and thresholds are the shipped ones, and the test checks nothing else
@@ -16,6 +16,7 @@ import pytest
 import yaml
 
 from devenv.scheduler import EmulatorScheduler
+from services.common.scenarios import get_scenario
 from tests.generator_support import GeneratorProcess
 from tests.monitoring.support import (
     ALERTS,
@@ -63,6 +64,22 @@ def _no_data(prometheus: PrometheusServer, exprs: list[tuple[str, str]]) -> list
     return missing
 
 
+def _variable_values(prometheus: PrometheusServer, variable: dict) -> set[str]:
+    """A query_result() variable's values: Grafana renders each series as `name{label="value", ...} value
+    time` (labels in Prometheus' order) and keeps the regex's first group."""
+    inner = re.fullmatch(r"query_result\((.*)\)", variable["query"], flags=re.S).group(1)
+    regex = re.compile(variable["regex"].strip("/"))
+    values = set()
+    for series in prometheus.query(substitute(inner, VARIABLES)):
+        labels = dict(series["metric"])
+        metric = labels.pop("__name__", "")
+        timestamp, value = series["value"]
+        text = metric + "{" + ", ".join(f'{k}="{v}"' for k, v in labels.items()) + f"}} {value} {int(timestamp * 1000)}"
+        if match := regex.search(text):
+            values.add(match.group(1))
+    return values
+
+
 def _expressions() -> list[tuple[str, str]]:
     """(where, PromQL) for every dashboard panel query and variable, every alert rule (in its `bool` form,
     so it answers below its threshold too) and every metric an alert reads."""
@@ -83,7 +100,8 @@ def _expressions() -> list[tuple[str, str]]:
                 metric, label = re.fullmatch(r"label_values\((\w+), (\w+)\)", query).groups()
                 exprs.append((f"{name} / variable {variable['name']}", f"count by ({label}) ({metric})"))
     for rule in alert_rules():
-        exprs.append((f"alert {rule['alert']}", as_bool(rule["expr"])))
+        if not rule["expr"].startswith("absent("):  # absent() answers only when its series is missing
+            exprs.append((f"alert {rule['alert']}", as_bool(rule["expr"])))
         for metric in sorted(metric_names(rule["expr"]) - set(ONLY_THE_REAL_ENGINE)):
             exprs.append((f"alert {rule['alert']} reads", metric))
     return exprs
@@ -105,6 +123,8 @@ def test_every_dashboard_and_alert_expression_returns_data_and_the_stale_alert_f
                 tmp_path,
                 {"exporter": f"127.0.0.1:{exp.port}", "generator": f"127.0.0.1:{gen.port}"},
                 [_test_rules(tmp_path)],
+                # as a Prometheus Operator's ServiceMonitor labels its targets
+                target_labels={"namespace": "demo", "pod": "exporter-0", "hostname": "node-1"},
             )
             prometheus.start()
             wait_for(prometheus.targets_up, 20, f"targets not up:\n{prometheus.log()}")
@@ -117,8 +137,18 @@ def test_every_dashboard_and_alert_expression_returns_data_and_the_stale_alert_f
                 time.sleep(2)
             assert missing == [], "expressions without data:\n" + "\n".join(missing) + "\n" + exp.log_text()[-3000:]
 
+            # The stream_table variable as Grafana computes it: its regex over query_result()'s text.
+            (board,) = [b for b in dashboards().values() if b["title"] == "pg_trickle refreshes"]
+            (variable,) = [v for v in board["templating"]["list"] if v["name"] == "stream_table"]
+            assert _variable_values(prometheus, variable) == set(get_scenario("ecommerce").stream_table_names)
+
             # Healthy: nothing from pg_trickle fires (stale, scheduler, down, suspended, errors).
-            for alert in ("PgTrickleStreamTableStale", "PgTrickleSchedulerDown", "PgTrickleDown"):
+            for alert in (
+                "PgTrickleStreamTableStale",
+                "PgTrickleSchedulerDown",
+                "PgTrickleDown",
+                "PgTrickleExporterMissing",
+            ):
                 assert prometheus.firing(alert) == [], alert
             for alert in ("PgTrickleStreamTableSuspended", "PgTrickleConsecutiveErrors", "DemoGeneratorStalled"):
                 assert prometheus.firing(alert) == [], alert
@@ -146,6 +176,10 @@ def test_every_dashboard_and_alert_expression_returns_data_and_the_stale_alert_f
             assert all(a["annotations"]["runbook_url"] == "docs/runbooks.md#pgtricklestreamtablestale" for a in stale)
             wait_for(lambda: prometheus.firing("PgTrickleSchedulerDown"), 20, "PgTrickleSchedulerDown did not fire")
             assert prometheus.firing("PgTrickleDown") == []
+
+            # The exporter stops: its series go stale and PgTrickleExporterMissing fires.
+            assert exp.stop() == 0
+            wait_for(lambda: prometheus.firing("PgTrickleExporterMissing"), 20, "PgTrickleExporterMissing did not fire")
     finally:
         if prometheus is not None:
             prometheus.stop()
