@@ -87,7 +87,8 @@ def test_snapshot_has_every_panel_with_data_the_dag_and_the_internals(client, st
     internals = snap["internals"]
     assert {row["name"] for row in internals["advisor"]} == {st.name for st in scenario.stream_tables}
     for row in internals["advisor"]:
-        assert re.fullmatch(r"KEEP (DIFFERENTIAL|FULL|IMMEDIATE)|SWITCH TO (DIFFERENTIAL|FULL)", row["verdict"]), row
+        assert re.fullmatch(r"\u2713 KEEP (DIFFERENTIAL|FULL|IMMEDIATE)|\u2192 SWITCH TO (DIFFERENTIAL|FULL)", row["verdict"]), row
+        assert row["keep"] is row["verdict"].startswith("\u2713")
         assert row["confidence"] in ("high", "medium", "low")
     assert internals["refreshes"] and all(r["status"] in ("COMPLETED", "FAILED") for r in internals["refreshes"])
     assert {row["name"] for row in internals["efficiency"]} == {st.name for st in scenario.stream_tables}

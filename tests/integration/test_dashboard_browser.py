@@ -100,7 +100,9 @@ def test_every_panel_renders_with_data_and_the_dag_and_advisor_are_drawn(page, s
 
     verdicts = page.locator("#advisor .verdict .vtext").all_text_contents()
     assert len(verdicts) == len(scenario.stream_tables)
-    assert all(re.fullmatch(r"KEEP \w+|SWITCH TO \w+", v) for v in verdicts), verdicts
+    assert all(re.fullmatch(r"\u2713 KEEP \w+|\u2192 SWITCH TO \w+", v) for v in verdicts), verdicts
+    confidences = page.locator("#advisor .verdict .vconf").evaluate_all("els => els.map(e => e.className)")
+    assert confidences and all(re.fullmatch(r"vconf conf-(high|medium|low)", c) for c in confidences), confidences
     assert page.locator("#refreshes tbody tr").count() > 0
     assert page.locator("#efficiency tbody tr").count() == len(scenario.stream_tables)
     assert page.locator("#fact-engine").inner_text() == snapshot["engine"]["label"]

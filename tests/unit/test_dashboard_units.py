@@ -12,7 +12,7 @@ from psycopg.conninfo import conninfo_to_dict
 from services.common import pgtrickle
 from services.common.scenarios import SCENARIO_NAMES
 from services.common.settings import ConfigError
-from services.dashboard.catalog import layered_layout, verdict
+from services.dashboard.catalog import keeps, layered_layout, verdict
 from services.dashboard.config import load_config
 from services.dashboard.gunicorn_conf import gunicorn_options
 from services.dashboard.scenarios import FORMATS, ScenarioView, load_view
@@ -88,10 +88,13 @@ def _rec(current: str, effective: str | None, recommended: str) -> pgtrickle.Rec
 
 
 def test_advisor_verdicts():
-    assert verdict(_rec("DIFFERENTIAL", "DIFFERENTIAL", "KEEP")) == "KEEP DIFFERENTIAL"
-    assert verdict(_rec("DIFFERENTIAL", "FULL", "FULL")) == "KEEP DIFFERENTIAL"  # already what it runs as
-    assert verdict(_rec("DIFFERENTIAL", "DIFFERENTIAL", "FULL")) == "SWITCH TO FULL"
-    assert verdict(_rec("FULL", None, "DIFFERENTIAL")) == "SWITCH TO DIFFERENTIAL"
+    # The seed dashboard's wording (reference section 9): "✓ KEEP <current_mode>" / "→ SWITCH TO <mode>".
+    assert verdict(_rec("DIFFERENTIAL", "DIFFERENTIAL", "KEEP")) == "\u2713 KEEP DIFFERENTIAL"
+    assert verdict(_rec("FULL", "FULL", "KEEP")) == "\u2713 KEEP FULL"
+    assert verdict(_rec("DIFFERENTIAL", "FULL", "FULL")) == "\u2713 KEEP DIFFERENTIAL"  # already what it runs as
+    assert verdict(_rec("DIFFERENTIAL", "DIFFERENTIAL", "FULL")) == "\u2192 SWITCH TO FULL"
+    assert verdict(_rec("FULL", None, "DIFFERENTIAL")) == "\u2192 SWITCH TO DIFFERENTIAL"
+    assert keeps(_rec("DIFFERENTIAL", None, "KEEP")) and not keeps(_rec("FULL", "FULL", "DIFFERENTIAL"))
 
 
 def test_history_rates_values_and_window():

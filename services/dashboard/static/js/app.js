@@ -215,10 +215,10 @@
   function renderInternals(internals) {
     const advisor = clear(document.getElementById("advisor"));
     for (const a of internals.advisor) {
-      const keep = a.verdict.startsWith("KEEP");
-      advisor.appendChild(el("div", { class: "verdict " + (keep ? "keep" : "switch"), "data-name": a.name }, [
+      const confidence = ["high", "medium", "low"].includes(a.confidence) ? a.confidence : "low";
+      advisor.appendChild(el("div", { class: "verdict " + (a.keep ? "keep" : "switch"), "data-name": a.name }, [
         el("div", { class: "vname" }, a.name), el("div", { class: "vtext" }, a.verdict),
-        el("div", { class: "vconf" }, "confidence: " + a.confidence), el("div", { class: "vreason" }, a.reason || ""),
+        el("div", { class: "vconf conf-" + confidence }, "confidence: " + a.confidence), el("div", { class: "vreason" }, a.reason || ""),
       ]));
     }
     table("refreshes", [["start_time", "Time", "time"], ["name", "Stream table", "text"], ["action", "Action", "badge"],
