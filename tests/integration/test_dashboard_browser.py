@@ -46,7 +46,7 @@ def served(request, browser):
         with psycopg.connect(stack.admin_url, autocommit=True) as conn:
             conn.execute(HOSTILE_NAMES[scenario][0], (HOSTILE,))
         env = dashboard_env(stack, scenario, f"http://127.0.0.1:{stack.generator.port}")
-        with DashboardProcess(env) as dash:
+        with DashboardProcess(env, workers=2) as dash:  # two workers: the page must not care which one answers
             yield stack, dash
 
 
@@ -128,6 +128,30 @@ def test_values_change_and_refreshed_nodes_pulse_within_5_seconds(page):
         timeout=5000,
     )
     page.wait_for_selector("#dag svg g.node[data-pulses]", timeout=5000)
+
+
+def test_history_merges_the_samples_of_every_worker(page):
+    """Each worker keeps its own samples; the page draws the union (one per step), newest kept, so a poll
+    answered by the other worker neither shortens the chart nor makes it jump."""
+    page, _ = page
+    result = page.evaluate(
+        """() => {
+        const merge = new HistoryMerge();
+        const worker = (samples) => ({ window_s: 10, step_s: 2, samples });
+        merge.merge(worker([[100, {x: 0}], [102, {x: 20}], [104, {x: 40}]]));
+        const after = merge.merge(worker([[105, {x: 50}]]));  // a younger worker: one sample only
+        const rate = HistoryMerge.chart({mode: "rate", series: [{key: "x", label: "x"}]}, after);
+        const value = HistoryMerge.chart({mode: "value", series: [{key: "x", label: "x"}]}, after);
+        const later = merge.merge(worker([[116, {x: 90}]]));  // the window moves on
+        return { times: after.map(s => s[0]), rate, value, later: later.map(s => s[0]) };
+    }"""
+    )
+    assert result["times"] == [100, 102, 105]  # 104 is within 1.5 s of the newer 105: one per step
+    assert result["rate"] == {"times": [102, 105], "series": [{"label": "x", "values": [10, 10]}]}
+    assert result["value"]["series"][0]["values"] == [0, 20, 50]
+    assert result["later"] == [116]
+    counts = page.eval_on_selector_all("#history figure", "els => els.map(e => +e.dataset.points)")
+    assert counts and all(n >= 1 for n in counts)
 
 
 def test_hostile_names_render_as_text_and_run_nothing(page, served):

@@ -110,9 +110,18 @@ def test_history_rates_values_and_window():
     rendered = {c["id"]: c for c in history.render()["charts"]}
     assert rendered["r"]["times"] == [102.0, 104.0]
     assert {s["label"]: s["values"] for s in rendered["r"]["series"]} == {"A": [20.0, 10.0], "B": [10.0, 0.0]}
-    assert rendered["v"]["series"] == [{"label": "pnl", "values": [1, 3, -4]}]
+    assert rendered["v"]["series"] == [{"key": "pnl", "label": "pnl", "values": [1, 3, -4]}]
+    assert [s["key"] for s in rendered["r"]["series"]] == ["cat:A", "cat:B"]
+    # The raw samples (what the page merges across workers): the charts' figures only, at the sample times.
+    assert history.render()["samples"] == [
+        [100.0, {"cat:A": 0, "cat:B": 10, "pnl": 1}],
+        [102.0, {"cat:A": 40, "cat:B": 30, "pnl": 3}],
+        [104.0, {"cat:A": 60, "cat:B": 30, "pnl": -4}],
+    ]
+    history.add(106.0, {"cat:A": 60, "cat:B": 30, "pnl": 0, "unused": 7})
+    assert history.render()["samples"][-1] == [106.0, {"cat:A": 60, "cat:B": 30, "pnl": 0}]
     history.add(113.0, {"cat:A": 60, "cat:B": 30, "pnl": 0})
-    assert history.render()["charts"][1]["times"] == [104.0, 113.0]  # older than the 10 s window: dropped
+    assert history.render()["charts"][1]["times"] == [104.0, 106.0, 113.0]  # older than the 10 s window: dropped
 
 
 def test_every_registered_scenario_has_a_dashboard_view():

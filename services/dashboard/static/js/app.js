@@ -10,7 +10,8 @@
     LOW: "#22c55e", STANDARD: "#22c55e", OK: "#22c55e" };
   const NUMERIC = new Set(["int", "money", "number", "pct", "price"]);
 
-  const state = { panels: new Map(), history: new Map(), dag: null, lastOk: null, tiles: new Map() };
+  const state = { panels: new Map(), history: new Map(), samples: new HistoryMerge(), dag: null, lastOk: null,
+    tiles: new Map() };
 
   function setupCharts() {
     if (!window.Chart) return;
@@ -170,7 +171,9 @@
   /* ---- history ---- */
   function renderHistory(history) {
     const container = document.getElementById("history");
-    for (const h of history.charts) {
+    const kept = state.samples.merge(history);
+    for (const spec of history.charts) {
+      const h = Object.assign({}, spec, HistoryMerge.chart(spec, kept));
       let ref = state.history.get(h.id);
       if (!ref) {
         const canvas = el("canvas", { role: "img", "aria-label": h.title });
