@@ -10,7 +10,7 @@ from services.dashboard.scenarios import ScenarioData, ScenarioView, chart, colu
 
 PRICES = """
 SELECT symbol, instrument_name, sector, asset_class, bid, ask, mid, spread, drift_pct, price_updated_at
-  FROM price_snapshot ORDER BY symbol"""
+  FROM price_snapshot ORDER BY price_updated_at DESC, symbol"""
 PORTFOLIOS = """
 SELECT portfolio_id, portfolio_name, strategy, account_count, position_count, market_value, pnl, gross_exposure,
        return_pct
@@ -71,7 +71,7 @@ class View(ScenarioView):
                 "price_snapshot",
                 "Price board",
                 ["price_snapshot"],
-                note="Mid-price ticks (mean-reverting walk): a row flashes when its price moves, the arrow is "
+                note="Latest ticks first (mean-reverting walk): a row flashes when its price moves; the arrow is "
                 "the direction of its last move seen since the dashboard started.",
                 columns=[
                     column("direction", "", "direction"),
