@@ -212,5 +212,13 @@ def test_outage_banner_then_recovery_without_reload(own_server, browser, output_
             page.wait_for_selector("body[data-state=ok]", timeout=40000)
             assert page.locator("#banner").is_hidden()
             assert page.locator("#fact-database").inner_text() == "connected"
+
+            # The dashboard itself goes away (a restart): its own banner, then recovery on the same address.
+            assert dash.terminate()[0] == 0
+            page.wait_for_selector("body[data-state=down]", timeout=15000)
+            assert "Dashboard unreachable" in page.locator("#banner").inner_text()
+            with DashboardProcess(dashboard_env(stack, "ecommerce"), port=dash.port):
+                page.wait_for_selector("body[data-state=ok]", timeout=20000)
+                assert page.locator("#banner").is_hidden()
         finally:
             page.close()

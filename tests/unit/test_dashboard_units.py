@@ -15,7 +15,7 @@ from services.common.settings import ConfigError
 from services.dashboard.catalog import keeps, layered_layout, verdict
 from services.dashboard.config import load_config
 from services.dashboard.gunicorn_conf import gunicorn_options
-from services.dashboard.scenarios import FORMATS, ScenarioView, load_view
+from services.dashboard.scenarios import FORMATS, ScenarioView, jsonable, load_view
 from services.dashboard.snapshot import History
 from tests.support import ROOT
 
@@ -143,3 +143,15 @@ def test_vendored_assets_carry_their_licence_and_the_page_uses_no_cdn():
         text = path.read_text()
         assert "innerHTML" not in text and "insertAdjacentHTML" not in text and "eval(" not in text, path
         assert "http://" not in text.replace("http://www.w3.org/2000/svg", "") and "https://" not in text, path
+
+
+def test_jsonable_keeps_the_snapshot_valid_json():
+    import json
+    from datetime import UTC, datetime, timedelta
+    from decimal import Decimal
+
+    values = [Decimal("1.50"), Decimal("NaN"), Decimal("Infinity"), float("nan"), float("-inf"), 2.5, 3, "x", None]
+    assert [jsonable(v) for v in values] == [1.5, None, None, None, None, 2.5, 3, "x", None]
+    assert jsonable(timedelta(seconds=1.5)) == 1.5
+    assert jsonable(datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)) == "2026-01-02T03:04:05+00:00"
+    json.dumps([jsonable(v) for v in values], allow_nan=False)  # strict JSON: would raise on NaN

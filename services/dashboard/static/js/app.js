@@ -11,7 +11,7 @@
   const NUMERIC = new Set(["int", "money", "number", "pct", "price"]);
 
   const state = { panels: new Map(), history: new Map(), samples: new HistoryMerge(), dag: null, lastOk: null,
-    tiles: new Map() };
+    shown: null, tiles: new Map() };
 
   function setupCharts() {
     if (!window.Chart) return;
@@ -278,8 +278,15 @@
       const response = await fetch("/api/snapshot", { cache: "no-store", signal: AbortSignal.timeout(6000) });
       const body = await response.json().catch(() => null);
       if (response.ok && body) {
-        render(body);
-        setOnline(body);
+        // Several workers each cache their own snapshot: an answer older than the one on screen would make
+        // figures step back and DAG nodes pulse for nothing. Keep its history samples, skip the rest.
+        if (state.shown && Date.parse(body.generated_at) < Date.parse(state.shown.generated_at)) {
+          renderHistory(body.history);
+        } else {
+          state.shown = body;
+          render(body);
+        }
+        setOnline(state.shown);
       } else if (body && body.database && body.database.state === "unreachable") {
         setOffline("Database unreachable", `The database has not answered since ${Fmt.time(body.database.since)}.`);
       } else if (body && body.database) {
