@@ -155,3 +155,26 @@ def test_jsonable_keeps_the_snapshot_valid_json():
     assert jsonable(timedelta(seconds=1.5)) == 1.5
     assert jsonable(datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)) == "2026-01-02T03:04:05+00:00"
     json.dumps([jsonable(v) for v in values], allow_nan=False)  # strict JSON: would raise on NaN
+
+
+def test_an_unexpected_error_is_a_json_500_without_a_trace(caplog):
+    from devenv.postgres import free_port
+    from services.dashboard.app import close_app, create_app
+
+    # Nothing listens on that port: no database is needed to check the error handling.
+    env = {"DATABASE_URL": f"postgresql://demo_reader:pw@127.0.0.1:{free_port()}/x", "DEMO_SCENARIO": "ecommerce"}
+    app = create_app(load_config(env))
+
+    def boom():
+        raise RuntimeError("secret internals: password=hunter2")
+
+    app.add_url_rule("/boom", view_func=boom)
+    try:
+        response = app.test_client().get("/boom")
+        assert response.status_code == 500
+        assert response.get_json() == {"error": "Internal Server Error", "detail": "see the dashboard's log"}
+        assert "hunter2" not in response.get_data(as_text=True)
+        assert response.headers["Content-Security-Policy"].startswith("default-src 'none'")
+        assert "hunter2" in caplog.text  # the log keeps the details
+    finally:
+        close_app(app)
