@@ -110,6 +110,12 @@ def test_every_panel_renders_with_data_and_the_dag_and_advisor_are_drawn(page, s
     assert page.locator("#fact-database").inner_text() == "connected"
     assert page.locator("#banner").is_hidden()
 
+    if stack.scenario == "finance":
+        # The price board moves: a ticked row flashes and carries an arrow (the screenshot shows them).
+        board = "[data-panel-id=price_snapshot]"
+        page.wait_for_selector(f"{board} tr.fresh", timeout=20000)
+        page.wait_for_selector(f"{board} .dir-up, {board} .dir-down", timeout=20000)
+
     # A few history samples (one every 2 s) for the picture, then let the charts' animations settle.
     page.wait_for_function(
         "() => [...document.querySelectorAll('#history figure')].every(f => +f.dataset.points >= 4)", timeout=20000
