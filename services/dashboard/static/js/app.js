@@ -11,7 +11,7 @@
   const NUMERIC = new Set(["int", "money", "number", "pct", "price"]);
 
   const state = { panels: new Map(), history: new Map(), samples: new HistoryMerge(), dag: null, lastOk: null,
-    shown: null, tiles: new Map() };
+    shown: null, olderStreak: 0, tiles: new Map() };
 
   function setupCharts() {
     if (!window.Chart) return;
@@ -280,9 +280,13 @@
       if (response.ok && body) {
         // Several workers each cache their own snapshot: an answer older than the one on screen would make
         // figures step back and DAG nodes pulse for nothing. Keep its history samples, skip the rest.
-        if (state.shown && Date.parse(body.generated_at) < Date.parse(state.shown.generated_at)) {
+        // (Five older answers in a row are not another worker's cache but a server clock set back: accept.)
+        const older = state.shown && Date.parse(body.generated_at) < Date.parse(state.shown.generated_at);
+        state.olderStreak = older ? state.olderStreak + 1 : 0;
+        if (older && state.olderStreak < 5) {
           renderHistory(body.history);
         } else {
+          state.olderStreak = 0;
           state.shown = body;
           render(body);
         }
