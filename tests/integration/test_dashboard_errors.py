@@ -8,6 +8,7 @@ from pathlib import Path
 
 import psycopg
 import pytest
+from psycopg.conninfo import make_conninfo
 
 from devenv.postgres import LocalPostgres
 from services.common import pgtrickle
@@ -61,6 +62,14 @@ def test_readyz_needs_the_scenarios_stream_tables_not_just_a_database(demo_db):
     finally:
         close_app(wrong)
         close_app(right)
+    # A database without the pgtrickle catalog at all (the server's maintenance database).
+    bare = create_app(load_config(dashboard_env(make_conninfo(db.reader_url, dbname="postgres"), "ecommerce")))
+    try:
+        ready = bare.test_client().get("/readyz")
+        assert ready.status_code == 503
+        assert ready.get_json() == {"ready": False, "detail": "the pgtrickle catalog cannot be read"}
+    finally:
+        close_app(bare)
 
 
 @pytest.fixture(scope="module")
