@@ -120,8 +120,8 @@ def dashboard_env(stack_or_url, scenario: str, generator_url: str | None = None,
 class DashboardProcess:
     """`python -m services.dashboard` (gunicorn) on 127.0.0.1:<free port>, its JSON log in a temp file."""
 
-    def __init__(self, env: dict[str, str], workers: int = 1):
-        self.port = free_port()
+    def __init__(self, env: dict[str, str], workers: int = 1, port: int | None = None):
+        self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log_file = tempfile.NamedTemporaryFile(prefix="dashboard-", suffix=".log", delete=False)  # noqa: SIM115
         self.env = {

@@ -5,7 +5,7 @@
   GET /api/dag        the DAG: nodes with a layered layout, edges from pgt_dependencies
   GET /api/internals  pgt_status, refresh feed, refresh_efficiency, Refresh Mode Advisor, health checks
   GET /healthz        200 while the process serves
-  GET /readyz         200 when the database answers, else 503
+  GET /readyz         200 when the database answers and the scenario's stream tables exist, else 503
   /api/control...     generator controls (see controls.py)
 Errors are JSON {"error", "detail"} with the right status; no database text or stack trace leaves.
 """
@@ -19,6 +19,7 @@ from flask import Flask, jsonify, render_template
 from psycopg_pool import PoolTimeout
 from werkzeug.exceptions import HTTPException
 
+from services.common import pgtrickle
 from services.common.db import first_line, make_pool
 from services.common.scenarios import get_scenario
 from services.dashboard.config import APPLICATION_NAME, DashboardConfig, load_config
@@ -107,15 +108,29 @@ def create_app(config: DashboardConfig | None = None) -> Flask:
     def healthz():
         return jsonify(status="ok", service="dashboard")
 
+    expected = frozenset(scenario.stream_table_names)
+
     @app.get("/readyz")
     def readyz():
+        # Ready = the database answers AND the scenario's stream tables are there for demo_reader to read
+        # (DESIGN.md): a reachable but not yet bootstrapped database is not ready.
         try:
             with pool.connection(timeout=1.0) as conn:
-                conn.execute("SELECT 1")
+                try:
+                    present = {st.pgt_name for st in pgtrickle.stream_tables(conn) if st.pgt_schema == "public"}
+                except psycopg.OperationalError:
+                    raise
+                except psycopg.Error as exc:  # no pgtrickle catalog (or no grant on it) yet
+                    log.info("not ready", extra={"fields": {"error": first_line(exc)}})
+                    return jsonify(ready=False, detail="the pgtrickle catalog cannot be read"), 503
         except (PoolTimeout, psycopg.Error) as exc:
             log.info("not ready", extra={"fields": {"error": first_line(exc)}})
             return jsonify(ready=False, detail="the database is unreachable"), 503
-        return jsonify(ready=True, detail="database reachable")
+        missing = len(expected - present)
+        if missing:
+            detail = f"{missing} of the scenario's {len(expected)} stream tables are missing"
+            return jsonify(ready=False, detail=detail), 503
+        return jsonify(ready=True, detail=f"database reachable, {len(expected)} stream tables present")
 
     app.register_blueprint(controls_blueprint())
 

@@ -97,12 +97,16 @@ def dag(conn: psycopg.Connection) -> dict:
     }
 
 
+def keeps(rec: pgtrickle.Recommendation) -> bool:
+    """True when the Advisor's answer is to keep the configured mode (KEEP, or the mode it already runs as)."""
+    return rec.recommended_mode in ("KEEP", rec.effective_mode or rec.current_mode, rec.current_mode)
+
+
 def verdict(rec: pgtrickle.Recommendation) -> str:
-    """The Advisor's answer as the page says it: KEEP <mode> or SWITCH TO <mode>."""
-    current = rec.effective_mode or rec.current_mode
-    if rec.recommended_mode in ("KEEP", current, rec.current_mode):
-        return f"KEEP {rec.current_mode}"
-    return f"SWITCH TO {rec.recommended_mode}"
+    """The Advisor's answer in the seed dashboard's words: "✓ KEEP <current mode>" or "→ SWITCH TO <mode>"."""
+    if keeps(rec):
+        return f"\u2713 KEEP {rec.current_mode}"
+    return f"\u2192 SWITCH TO {rec.recommended_mode}"
 
 
 def live_internals(conn: psycopg.Connection, refresh_limit: int = 20) -> dict:
@@ -162,6 +166,7 @@ def slow_internals(conn: psycopg.Connection) -> dict:
                 "current_mode": r.current_mode,
                 "recommended_mode": r.recommended_mode,
                 "verdict": verdict(r),
+                "keep": keeps(r),
                 "confidence": r.confidence,
                 "reason": r.reason,
             }

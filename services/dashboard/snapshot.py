@@ -7,7 +7,8 @@ however many viewers poll, and no viewer but the one that triggers it waits for 
 yet, they wait for the first one.) The JSON body is serialised once per snapshot, not per request.
 
 With several gunicorn workers each process keeps its own cache (and its own short history), so the
-database sees at most one computation per second per worker (DASHBOARD_WORKERS).
+database sees at most one computation per second per worker (DASHBOARD_WORKERS). The history also carries its
+raw samples, which the page merges across answers: whichever worker serves a poll, the charts agree.
 
 A failed computation is cached as well (for `max_age`), so an outage costs the database nothing more
 than one connection attempt per second per worker, and the page gets a clear 503 without error text.
@@ -77,6 +78,7 @@ class History:
                 times = [t for t, _ in samples[1:]]
                 series = [
                     {
+                        "key": key,
                         "label": key[len(prefix) :] if prefix else key,
                         "values": [_rate(a, b, key) for a, b in itertools.pairwise(samples)],
                     }
@@ -84,7 +86,7 @@ class History:
                 ]
             else:
                 times = [t for t, _ in samples]
-                series = [{"label": key, "values": [figs.get(key) for _, figs in samples]} for key in keys]
+                series = [{"key": key, "label": key, "values": [figs.get(key) for _, figs in samples]} for key in keys]
             charts.append(
                 {
                     "id": spec["id"],
@@ -95,7 +97,13 @@ class History:
                     "series": series,
                 }
             )
-        return {"window_s": self.window, "step_s": self.step, "charts": charts}
+        # The raw samples as well: every figure is a cumulative value or a level read from the database, so
+        # samples taken by different worker processes are points of the same curves. The page merges the
+        # samples of every answer it gets, whichever worker served it, and draws the charts from the union:
+        # with several workers all viewers see one history instead of a chart jumping between workers.
+        wanted = {series["key"] for chart in charts for series in chart["series"]}
+        raw = [[round(t, 3), {k: v for k, v in figs.items() if k in wanted}] for t, figs in samples]
+        return {"window_s": self.window, "step_s": self.step, "charts": charts, "samples": raw}
 
 
 def _rate(a: tuple[float, dict], b: tuple[float, dict], key: str) -> float | None:

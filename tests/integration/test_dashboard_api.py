@@ -87,7 +87,9 @@ def test_snapshot_has_every_panel_with_data_the_dag_and_the_internals(client, st
     internals = snap["internals"]
     assert {row["name"] for row in internals["advisor"]} == {st.name for st in scenario.stream_tables}
     for row in internals["advisor"]:
-        assert re.fullmatch(r"KEEP (DIFFERENTIAL|FULL|IMMEDIATE)|SWITCH TO (DIFFERENTIAL|FULL)", row["verdict"]), row
+        verdict = r"\u2713 KEEP (DIFFERENTIAL|FULL|IMMEDIATE)|\u2192 SWITCH TO (DIFFERENTIAL|FULL)"
+        assert re.fullmatch(verdict, row["verdict"]), row
+        assert row["keep"] is row["verdict"].startswith("\u2713")
         assert row["confidence"] in ("high", "medium", "low")
     assert internals["refreshes"] and all(r["status"] in ("COMPLETED", "FAILED") for r in internals["refreshes"])
     assert {row["name"] for row in internals["efficiency"]} == {st.name for st in scenario.stream_tables}
@@ -120,6 +122,30 @@ def test_figures_move_and_history_fills_while_the_generator_writes(client):
         10,
         "two history samples",
     )
+
+
+def test_finance_price_board_shows_tick_directions_and_flashes_ticked_rows(client, stack):
+    if stack.scenario != "finance":
+        pytest.skip("the price board is finance's")
+
+    def board():
+        snap = client.get("/api/snapshot").get_json()
+        return next(p for p in snap["panels"] if p["id"] == "price_snapshot")
+
+    first = board()
+    assert first["table"]["key"] == "tick"
+    assert all(row["direction"] in ("up", "down", "flat") for row in first["table"]["rows"])
+    before = {row["symbol"]: row["tick"] for row in first["table"]["rows"]}
+
+    def ticked():
+        rows = board()["table"]["rows"]
+        moved = [row for row in rows if row["tick"] != before[row["symbol"]]]
+        return moved if any(row["direction"] in ("up", "down") for row in moved) else None
+
+    # The generator moves one price every 2 s here: a ticked row gets a new key (the page flashes it) and
+    # an arrow (it moved while this process watched).
+    for row in wait_for(ticked, 20, "a tick on the price board"):
+        assert row["tick"] == f"{row['symbol']}@{row['price_updated_at']}"
 
 
 def test_snapshot_is_computed_at_most_once_a_second_however_many_clients(app, client):

@@ -4,6 +4,7 @@ work, and the outage banner comes and goes. Screenshots land in test-output/<tes
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 
@@ -46,7 +47,7 @@ def served(request, browser):
         with psycopg.connect(stack.admin_url, autocommit=True) as conn:
             conn.execute(HOSTILE_NAMES[scenario][0], (HOSTILE,))
         env = dashboard_env(stack, scenario, f"http://127.0.0.1:{stack.generator.port}")
-        with DashboardProcess(env) as dash:
+        with DashboardProcess(env, workers=2) as dash:  # two workers: the page must not care which one answers
             yield stack, dash
 
 
@@ -100,12 +101,20 @@ def test_every_panel_renders_with_data_and_the_dag_and_advisor_are_drawn(page, s
 
     verdicts = page.locator("#advisor .verdict .vtext").all_text_contents()
     assert len(verdicts) == len(scenario.stream_tables)
-    assert all(re.fullmatch(r"KEEP \w+|SWITCH TO \w+", v) for v in verdicts), verdicts
+    assert all(re.fullmatch(r"\u2713 KEEP \w+|\u2192 SWITCH TO \w+", v) for v in verdicts), verdicts
+    confidences = page.locator("#advisor .verdict .vconf").evaluate_all("els => els.map(e => e.className)")
+    assert confidences and all(re.fullmatch(r"vconf conf-(high|medium|low)", c) for c in confidences), confidences
     assert page.locator("#refreshes tbody tr").count() > 0
     assert page.locator("#efficiency tbody tr").count() == len(scenario.stream_tables)
     assert page.locator("#fact-engine").inner_text() == snapshot["engine"]["label"]
     assert page.locator("#fact-database").inner_text() == "connected"
     assert page.locator("#banner").is_hidden()
+
+    if stack.scenario == "finance":
+        # The price board moves: a ticked row flashes and carries an arrow (the screenshot shows them).
+        board = "[data-panel-id=price_snapshot]"
+        page.wait_for_selector(f"{board} tr.fresh", timeout=20000)
+        page.wait_for_selector(f"{board} .dir-up, {board} .dir-down", timeout=20000)
 
     # A few history samples (one every 2 s) for the picture, then let the charts' animations settle.
     page.wait_for_function(
@@ -126,6 +135,65 @@ def test_values_change_and_refreshed_nodes_pulse_within_5_seconds(page):
         timeout=5000,
     )
     page.wait_for_selector("#dag svg g.node[data-pulses]", timeout=5000)
+
+
+def test_history_merges_the_samples_of_every_worker(page):
+    """Each worker keeps its own samples; the page draws the union (one per step), newest kept, so a poll
+    answered by the other worker neither shortens the chart nor makes it jump."""
+    page, _ = page
+    result = page.evaluate(
+        """() => {
+        const merge = new HistoryMerge();
+        const worker = (samples) => ({ window_s: 10, step_s: 2, samples });
+        merge.merge(worker([[100, {x: 0}], [102, {x: 20}], [104, {x: 40}]]));
+        const after = merge.merge(worker([[105, {x: 50}]]));  // a younger worker: one sample only
+        const rate = HistoryMerge.chart({mode: "rate", series: [{key: "x", label: "x"}]}, after);
+        const value = HistoryMerge.chart({mode: "value", series: [{key: "x", label: "x"}]}, after);
+        const later = merge.merge(worker([[116, {x: 90}]]));  // the window moves on
+        return { times: after.map(s => s[0]), rate, value, later: later.map(s => s[0]) };
+    }"""
+    )
+    assert result["times"] == [100, 102, 105]  # 104 is within 1.5 s of the newer 105: one per step
+    assert result["rate"] == {"times": [102, 105], "series": [{"label": "x", "values": [10, 10]}]}
+    assert result["value"]["series"][0]["values"] == [0, 20, 50]
+    assert result["later"] == [116]
+    counts = page.eval_on_selector_all("#history figure", "els => els.map(e => +e.dataset.points)")
+    assert counts and all(n >= 1 for n in counts)
+
+
+def test_an_answer_older_than_the_one_on_screen_is_not_drawn(browser, served):
+    """With several workers each caching its own snapshot, a poll may get an older one: the page keeps what
+    it shows (no figures stepping back, no false DAG pulses)."""
+    stack, dash = served
+    if stack.scenario != "ecommerce":
+        pytest.skip("the page's logic is the same for every scenario: one is enough")
+    status, real = dash.get("/api/snapshot")
+    assert status == 200
+    newer = {**real, "generated_at": "2099-01-01T00:00:10.000+00:00"}
+    older = {**real, "generated_at": "2099-01-01T00:00:09.000+00:00"}
+    older["tiles"] = [{**tile, "value": 987654321, "format": "int"} for tile in real["tiles"]]
+    answers = []
+
+    def serve(route):
+        body = newer if not answers else older
+        answers.append(body["generated_at"])
+        route.fulfill(status=200, content_type="application/json", body=json.dumps(body))
+
+    page = browser.new_page()
+    try:
+        page.route("**/api/snapshot", serve)
+        page.goto(dash.url + "/")
+        page.wait_for_selector("body[data-state=ok]", timeout=20000)
+        for _ in range(75):  # the route handler runs while Playwright waits (not while Python sleeps)
+            if len(answers) >= 3:
+                break
+            page.wait_for_timeout(200)
+        assert len(answers) >= 3, "two older answers after the newer one"
+        values = page.locator("#tiles .tile .value").all_text_contents()
+        assert values and "987,654,321" not in values
+        assert page.locator("#fact-updated").inner_text() == page.evaluate("Fmt.time('2099-01-01T00:00:10.000+00:00')")
+    finally:
+        page.close()
 
 
 def test_hostile_names_render_as_text_and_run_nothing(page, served):
@@ -186,5 +254,13 @@ def test_outage_banner_then_recovery_without_reload(own_server, browser, output_
             page.wait_for_selector("body[data-state=ok]", timeout=40000)
             assert page.locator("#banner").is_hidden()
             assert page.locator("#fact-database").inner_text() == "connected"
+
+            # The dashboard itself goes away (a restart): its own banner, then recovery on the same address.
+            assert dash.terminate()[0] == 0
+            page.wait_for_selector("body[data-state=down]", timeout=15000)
+            assert "Dashboard unreachable" in page.locator("#banner").inner_text()
+            with DashboardProcess(dashboard_env(stack, "ecommerce"), port=dash.port):
+                page.wait_for_selector("body[data-state=ok]", timeout=20000)
+                assert page.locator("#banner").is_hidden()
         finally:
             page.close()

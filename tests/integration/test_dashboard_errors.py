@@ -6,9 +6,12 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import psycopg
 import pytest
+from psycopg.conninfo import make_conninfo
 
 from devenv.postgres import LocalPostgres
+from services.common import pgtrickle
 from services.dashboard.app import close_app, create_app
 from services.dashboard.config import load_config
 from tests.dashboard_support import DashboardProcess, dashboard_env, scenario_stack, wait_for
@@ -35,6 +38,38 @@ def test_wrong_password_gives_a_generic_503_without_database_text(demo_db):
         assert client.get("/api/dag").status_code == 503
     finally:
         close_app(app)
+
+
+def test_readyz_needs_the_scenarios_stream_tables_not_just_a_database(demo_db):
+    db = demo_db("ecommerce")
+    # Reachable, but the stream tables of another scenario: not ready (and the snapshot says why, generically).
+    wrong = create_app(load_config(dashboard_env(db.reader_url, "finance")))
+    right = create_app(load_config(dashboard_env(db.reader_url, "ecommerce")))
+    try:
+        ready = wrong.test_client().get("/readyz")
+        assert ready.status_code == 503
+        assert ready.get_json() == {"ready": False, "detail": "11 of the scenario's 11 stream tables are missing"}
+        snapshot = wrong.test_client().get("/api/snapshot")
+        assert snapshot.status_code == 503 and snapshot.get_json()["database"]["state"] == "not_ready"
+        ok = wait_for(lambda: (r := right.test_client().get("/readyz")).status_code == 200 and r, 10, "readiness")
+        assert ok.get_json() == {"ready": True, "detail": "database reachable, 6 stream tables present"}
+        # One stream table gone (as the owner drops it): not ready any more.
+        with psycopg.connect(db.owner_url, autocommit=True) as conn:
+            pgtrickle.drop_stream_table(conn, "top_10_customers")
+        gone = right.test_client().get("/readyz")
+        assert gone.status_code == 503
+        assert gone.get_json()["detail"] == "1 of the scenario's 6 stream tables are missing"
+    finally:
+        close_app(wrong)
+        close_app(right)
+    # A database without the pgtrickle catalog at all (the server's maintenance database).
+    bare = create_app(load_config(dashboard_env(make_conninfo(db.reader_url, dbname="postgres"), "ecommerce")))
+    try:
+        ready = bare.test_client().get("/readyz")
+        assert ready.status_code == 503
+        assert ready.get_json() == {"ready": False, "detail": "the pgtrickle catalog cannot be read"}
+    finally:
+        close_app(bare)
 
 
 @pytest.fixture(scope="module")

@@ -12,10 +12,10 @@ from psycopg.conninfo import conninfo_to_dict
 from services.common import pgtrickle
 from services.common.scenarios import SCENARIO_NAMES
 from services.common.settings import ConfigError
-from services.dashboard.catalog import layered_layout, verdict
+from services.dashboard.catalog import keeps, layered_layout, verdict
 from services.dashboard.config import load_config
 from services.dashboard.gunicorn_conf import gunicorn_options
-from services.dashboard.scenarios import FORMATS, ScenarioView, load_view
+from services.dashboard.scenarios import FORMATS, ScenarioView, jsonable, load_view
 from services.dashboard.snapshot import History
 from tests.support import ROOT
 
@@ -88,10 +88,13 @@ def _rec(current: str, effective: str | None, recommended: str) -> pgtrickle.Rec
 
 
 def test_advisor_verdicts():
-    assert verdict(_rec("DIFFERENTIAL", "DIFFERENTIAL", "KEEP")) == "KEEP DIFFERENTIAL"
-    assert verdict(_rec("DIFFERENTIAL", "FULL", "FULL")) == "KEEP DIFFERENTIAL"  # already what it runs as
-    assert verdict(_rec("DIFFERENTIAL", "DIFFERENTIAL", "FULL")) == "SWITCH TO FULL"
-    assert verdict(_rec("FULL", None, "DIFFERENTIAL")) == "SWITCH TO DIFFERENTIAL"
+    # The seed dashboard's wording (reference section 9): "✓ KEEP <current_mode>" / "→ SWITCH TO <mode>".
+    assert verdict(_rec("DIFFERENTIAL", "DIFFERENTIAL", "KEEP")) == "\u2713 KEEP DIFFERENTIAL"
+    assert verdict(_rec("FULL", "FULL", "KEEP")) == "\u2713 KEEP FULL"
+    assert verdict(_rec("DIFFERENTIAL", "FULL", "FULL")) == "\u2713 KEEP DIFFERENTIAL"  # already what it runs as
+    assert verdict(_rec("DIFFERENTIAL", "DIFFERENTIAL", "FULL")) == "\u2192 SWITCH TO FULL"
+    assert verdict(_rec("FULL", None, "DIFFERENTIAL")) == "\u2192 SWITCH TO DIFFERENTIAL"
+    assert keeps(_rec("DIFFERENTIAL", None, "KEEP")) and not keeps(_rec("FULL", "FULL", "DIFFERENTIAL"))
 
 
 def test_history_rates_values_and_window():
@@ -107,9 +110,18 @@ def test_history_rates_values_and_window():
     rendered = {c["id"]: c for c in history.render()["charts"]}
     assert rendered["r"]["times"] == [102.0, 104.0]
     assert {s["label"]: s["values"] for s in rendered["r"]["series"]} == {"A": [20.0, 10.0], "B": [10.0, 0.0]}
-    assert rendered["v"]["series"] == [{"label": "pnl", "values": [1, 3, -4]}]
+    assert rendered["v"]["series"] == [{"key": "pnl", "label": "pnl", "values": [1, 3, -4]}]
+    assert [s["key"] for s in rendered["r"]["series"]] == ["cat:A", "cat:B"]
+    # The raw samples (what the page merges across workers): the charts' figures only, at the sample times.
+    assert history.render()["samples"] == [
+        [100.0, {"cat:A": 0, "cat:B": 10, "pnl": 1}],
+        [102.0, {"cat:A": 40, "cat:B": 30, "pnl": 3}],
+        [104.0, {"cat:A": 60, "cat:B": 30, "pnl": -4}],
+    ]
+    history.add(106.0, {"cat:A": 60, "cat:B": 30, "pnl": 0, "unused": 7})
+    assert history.render()["samples"][-1] == [106.0, {"cat:A": 60, "cat:B": 30, "pnl": 0}]
     history.add(113.0, {"cat:A": 60, "cat:B": 30, "pnl": 0})
-    assert history.render()["charts"][1]["times"] == [104.0, 113.0]  # older than the 10 s window: dropped
+    assert history.render()["charts"][1]["times"] == [104.0, 106.0, 113.0]  # older than the 10 s window: dropped
 
 
 def test_every_registered_scenario_has_a_dashboard_view():
@@ -131,3 +143,38 @@ def test_vendored_assets_carry_their_licence_and_the_page_uses_no_cdn():
         text = path.read_text()
         assert "innerHTML" not in text and "insertAdjacentHTML" not in text and "eval(" not in text, path
         assert "http://" not in text.replace("http://www.w3.org/2000/svg", "") and "https://" not in text, path
+
+
+def test_jsonable_keeps_the_snapshot_valid_json():
+    import json
+    from datetime import UTC, datetime, timedelta
+    from decimal import Decimal
+
+    values = [Decimal("1.50"), Decimal("NaN"), Decimal("Infinity"), float("nan"), float("-inf"), 2.5, 3, "x", None]
+    assert [jsonable(v) for v in values] == [1.5, None, None, None, None, 2.5, 3, "x", None]
+    assert jsonable(timedelta(seconds=1.5)) == 1.5
+    assert jsonable(datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)) == "2026-01-02T03:04:05+00:00"
+    json.dumps([jsonable(v) for v in values], allow_nan=False)  # strict JSON: would raise on NaN
+
+
+def test_an_unexpected_error_is_a_json_500_without_a_trace(caplog):
+    from devenv.postgres import free_port
+    from services.dashboard.app import close_app, create_app
+
+    # Nothing listens on that port: no database is needed to check the error handling.
+    env = {"DATABASE_URL": f"postgresql://demo_reader:pw@127.0.0.1:{free_port()}/x", "DEMO_SCENARIO": "ecommerce"}
+    app = create_app(load_config(env))
+
+    def boom():
+        raise RuntimeError("secret internals: password=hunter2")
+
+    app.add_url_rule("/boom", view_func=boom)
+    try:
+        response = app.test_client().get("/boom")
+        assert response.status_code == 500
+        assert response.get_json() == {"error": "Internal Server Error", "detail": "see the dashboard's log"}
+        assert "hunter2" not in response.get_data(as_text=True)
+        assert response.headers["Content-Security-Policy"].startswith("default-src 'none'")
+        assert "hunter2" in caplog.text  # the log keeps the details
+    finally:
+        close_app(app)

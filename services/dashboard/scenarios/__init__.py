@@ -13,6 +13,7 @@ always inserts text with textContent: names such as `<img src=x onerror=...>` st
 
 from __future__ import annotations
 
+import math
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
@@ -31,8 +32,12 @@ FORMATS = ("text", "int", "money", "number", "pct", "price", "time", "badge", "d
 
 
 def jsonable(value: Any) -> Any:
+    """JSON-ready: numeric NaN and infinities (possible in numeric and float8 columns) become None, since
+    json.dumps would write NaN, which is not JSON: the page's response.json() would fail on every poll."""
     if isinstance(value, Decimal):
-        return float(value)
+        return float(value) if value.is_finite() else None
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
     if isinstance(value, datetime | date):
         return value.isoformat()
     if isinstance(value, timedelta):

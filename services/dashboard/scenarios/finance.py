@@ -10,7 +10,7 @@ from services.dashboard.scenarios import ScenarioData, ScenarioView, chart, colu
 
 PRICES = """
 SELECT symbol, instrument_name, sector, asset_class, bid, ask, mid, spread, drift_pct, price_updated_at
-  FROM price_snapshot ORDER BY symbol"""
+  FROM price_snapshot ORDER BY price_updated_at DESC, symbol"""
 PORTFOLIOS = """
 SELECT portfolio_id, portfolio_name, strategy, account_count, position_count, market_value, pnl, gross_exposure,
        return_pct
@@ -50,6 +50,8 @@ class View(ScenarioView):
                 if mid is not None:
                     self._last_mid[symbol] = mid
                 row["direction"] = self._direction.get(symbol, "flat")
+                # Changes with every tick of this symbol: the page flashes a row whose key it has not seen.
+                row["tick"] = f"{symbol}@{row['price_updated_at']}"
 
     def read(self, conn: psycopg.Connection) -> ScenarioData:
         prices = fetch(conn, PRICES)
@@ -69,7 +71,8 @@ class View(ScenarioView):
                 "price_snapshot",
                 "Price board",
                 ["price_snapshot"],
-                note="Mid-price ticks (mean-reverting walk); the arrow is the direction of the last move.",
+                note="Latest ticks first (mean-reverting walk): a row flashes when its price moves; the arrow is "
+                "the direction of its last move seen since the dashboard started.",
                 columns=[
                     column("direction", "", "direction"),
                     column("symbol", "Symbol"),
@@ -78,8 +81,10 @@ class View(ScenarioView):
                     column("ask", "Ask", "price"),
                     column("mid", "Mid", "price"),
                     column("drift_pct", "vs ref", "pct"),
+                    column("price_updated_at", "Last tick", "time"),
                 ],
                 rows=prices,
+                key="tick",
                 wide=True,
             ),
             panel(

@@ -10,7 +10,8 @@
     LOW: "#22c55e", STANDARD: "#22c55e", OK: "#22c55e" };
   const NUMERIC = new Set(["int", "money", "number", "pct", "price"]);
 
-  const state = { panels: new Map(), history: new Map(), dag: null, lastOk: null, tiles: new Map() };
+  const state = { panels: new Map(), history: new Map(), samples: new HistoryMerge(), dag: null, lastOk: null,
+    shown: null, olderStreak: 0, tiles: new Map() };
 
   function setupCharts() {
     if (!window.Chart) return;
@@ -170,7 +171,9 @@
   /* ---- history ---- */
   function renderHistory(history) {
     const container = document.getElementById("history");
-    for (const h of history.charts) {
+    const kept = state.samples.merge(history);
+    for (const spec of history.charts) {
+      const h = Object.assign({}, spec, HistoryMerge.chart(spec, kept));
       let ref = state.history.get(h.id);
       if (!ref) {
         const canvas = el("canvas", { role: "img", "aria-label": h.title });
@@ -215,10 +218,10 @@
   function renderInternals(internals) {
     const advisor = clear(document.getElementById("advisor"));
     for (const a of internals.advisor) {
-      const keep = a.verdict.startsWith("KEEP");
-      advisor.appendChild(el("div", { class: "verdict " + (keep ? "keep" : "switch"), "data-name": a.name }, [
+      const confidence = ["high", "medium", "low"].includes(a.confidence) ? a.confidence : "low";
+      advisor.appendChild(el("div", { class: "verdict " + (a.keep ? "keep" : "switch"), "data-name": a.name }, [
         el("div", { class: "vname" }, a.name), el("div", { class: "vtext" }, a.verdict),
-        el("div", { class: "vconf" }, "confidence: " + a.confidence), el("div", { class: "vreason" }, a.reason || ""),
+        el("div", { class: "vconf conf-" + confidence }, "confidence: " + a.confidence), el("div", { class: "vreason" }, a.reason || ""),
       ]));
     }
     table("refreshes", [["start_time", "Time", "time"], ["name", "Stream table", "text"], ["action", "Action", "badge"],
@@ -275,8 +278,19 @@
       const response = await fetch("/api/snapshot", { cache: "no-store", signal: AbortSignal.timeout(6000) });
       const body = await response.json().catch(() => null);
       if (response.ok && body) {
-        render(body);
-        setOnline(body);
+        // Several workers each cache their own snapshot: an answer older than the one on screen would make
+        // figures step back and DAG nodes pulse for nothing. Keep its history samples, skip the rest.
+        // (Five older answers in a row are not another worker's cache but a server clock set back: accept.)
+        const older = state.shown && Date.parse(body.generated_at) < Date.parse(state.shown.generated_at);
+        state.olderStreak = older ? state.olderStreak + 1 : 0;
+        if (older && state.olderStreak < 5) {
+          renderHistory(body.history);
+        } else {
+          state.olderStreak = 0;
+          state.shown = body;
+          render(body);
+        }
+        setOnline(state.shown);
       } else if (body && body.database && body.database.state === "unreachable") {
         setOffline("Database unreachable", `The database has not answered since ${Fmt.time(body.database.since)}.`);
       } else if (body && body.database) {

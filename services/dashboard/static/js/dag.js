@@ -83,8 +83,8 @@
       root.appendChild(defs);
       for (let layer = 0; layer < layers; layer++) {
         const label = layer === 0 ? "sources" : "level " + layer;
-        const at = horizontal ? { x: PAD + layer * stepMain, y: PAD + 4 } : { x: 4, y: PAD + LABEL + layer * stepMain - 6 };
-        root.appendChild(svg("text", { x: at.x, y: at.y, class: "layer" }, horizontal ? label : ""));
+        const at = horizontal ? { x: PAD + layer * stepMain, y: PAD + 4 } : { x: PAD, y: PAD + LABEL + layer * stepMain - 8 };
+        root.appendChild(svg("text", { x: at.x, y: at.y, class: "layer" }, label));
       }
       const edges = svg("g", { class: "edges" });
       for (const e of dag.edges) {

@@ -7,6 +7,7 @@
   const money0 = new Intl.NumberFormat("en-US", { style: "currency", currency: "USD", maximumFractionDigits: 0 });
   const money2 = new Intl.NumberFormat("en-US", { style: "currency", currency: "USD", minimumFractionDigits: 2 });
   const price = new Intl.NumberFormat("en-US", { minimumFractionDigits: 2, maximumFractionDigits: 4 });
+  const pct = new Intl.NumberFormat("en-US", { minimumFractionDigits: 2, maximumFractionDigits: 2 });
 
   function isNum(v) { return typeof v === "number" && Number.isFinite(v); }
 
@@ -16,7 +17,7 @@
       case "int": return isNum(v) ? intFmt.format(v) : String(v);
       case "money": return isNum(v) ? (Math.abs(v) >= 1000 ? money0.format(v) : money2.format(v)) : String(v);
       case "price": return isNum(v) ? price.format(v) : String(v);
-      case "pct": return isNum(v) ? (v > 0 ? "+" : "") + numFmt.format(v) + "%" : String(v);
+      case "pct": return isNum(v) ? (v > 0 ? "+" : "") + pct.format(v) + "%" : String(v);
       case "number": return isNum(v) ? numFmt.format(v) : String(v);
       case "time": return time(v);
       case "direction": return v === "up" ? "▲" : v === "down" ? "▼" : "•";
