@@ -124,9 +124,8 @@ def test_figures_move_and_history_fills_while_the_generator_writes(client):
     )
 
 
+@pytest.mark.parametrize("stack", ["finance"], indirect=True)  # the price board is finance's
 def test_finance_price_board_shows_tick_directions_and_flashes_ticked_rows(client, stack):
-    if stack.scenario != "finance":
-        pytest.skip("the price board is finance's")
 
     def board():
         snap = client.get("/api/snapshot").get_json()
