@@ -10,6 +10,7 @@ changed. promtool's unit tests (test_alert_rules.py) cover the shipped `for:` du
 from __future__ import annotations
 
 import re
+import signal
 import time
 
 import pytest
@@ -148,6 +149,7 @@ def test_every_dashboard_and_alert_expression_returns_data_and_the_stale_alert_f
                 "PgTrickleSchedulerDown",
                 "PgTrickleDown",
                 "PgTrickleExporterMissing",
+                "DemoGeneratorMissing",
             ):
                 assert prometheus.firing(alert) == [], alert
             for alert in ("PgTrickleStreamTableSuspended", "PgTrickleConsecutiveErrors", "DemoGeneratorStalled"):
@@ -177,9 +179,12 @@ def test_every_dashboard_and_alert_expression_returns_data_and_the_stale_alert_f
             wait_for(lambda: prometheus.firing("PgTrickleSchedulerDown"), 20, "PgTrickleSchedulerDown did not fire")
             assert prometheus.firing("PgTrickleDown") == []
 
-            # The exporter stops: its series go stale and PgTrickleExporterMissing fires.
+            # The exporter stops: its series go stale and PgTrickleExporterMissing fires; likewise the generator.
             assert exp.stop() == 0
             wait_for(lambda: prometheus.firing("PgTrickleExporterMissing"), 20, "PgTrickleExporterMissing did not fire")
+            gen.proc.send_signal(signal.SIGTERM)
+            assert gen.wait(10) == 0
+            wait_for(lambda: prometheus.firing("DemoGeneratorMissing"), 20, "DemoGeneratorMissing did not fire")
     finally:
         if prometheus is not None:
             prometheus.stop()
