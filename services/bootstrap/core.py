@@ -29,6 +29,36 @@ from services.common.scenarios import Scenario, sql_root
 from services.common.settings import ConfigError, describe_conninfo, env_str
 
 OWNER, WRITER, READER = "demo", "demo_writer", "demo_reader"
+# pgtrickle routines that change stream tables, the catalog or the scheduler's state (pg_trickle's and
+# the emulator's); everything else in the schema (status, monitoring, tree, advisor) stays PUBLIC.
+MUTATING_ROUTINES = (
+    "create_stream_table",
+    "create_stream_table_if_not_exists",
+    "create_or_replace_stream_table",
+    "alter_stream_table",
+    "drop_stream_table",
+    "refresh_stream_table",
+    "refresh_if_stale",
+    "resume_stream_table",
+    "pause_stream_table",
+    "pause_all",
+    "resume_all",
+    "repair_stream_table",
+    "reinitialize_stream_table",
+    "bulk_create",
+    "emulator_tick",
+    "emulator_run",
+    "emulator_apply",
+    "emulator_begin_refresh",
+    "emulator_finish_refresh",
+    "emulator_record_no_data",
+    "emulator_record_sources",
+    "emulator_attach_capture",
+    "emulator_detach_capture_if_unused",
+    "emulator_capture_new",
+    "emulator_capture_old",
+    "emulator_capture_truncate",
+)
 PASSWORD_VARIABLES = {OWNER: "DEMO_PASSWORD", WRITER: "DEMO_WRITER_PASSWORD", READER: "DEMO_READER_PASSWORD"}
 ENGINES = ("extension", "emulator")
 PG_TRICKLE_IMAGE = "ghcr.io/trickle-labs/pg_trickle"
@@ -246,7 +276,23 @@ class Bootstrap:
         if db.execute("SELECT 1 FROM pg_roles WHERE rolname = 'pgtrickle_admin'").fetchone():
             # pg_trickle >= 0.108 ships its own admin role for create/alter/drop.
             db.execute(sql.SQL("GRANT pgtrickle_admin TO {}").format(owner))
-        self._say(f"catalog: {OWNER} may create and manage stream tables")
+        # pg_trickle 0.67 (and the emulator) leave every function EXECUTE-able by PUBLIC: the functions that
+        # change stream tables or drive the scheduler are taken back and given to the owner only, so the
+        # reader and the writer cannot refresh, alter, drop, resume or tick anything. Looked up by name, so
+        # every version's signature is covered.
+        routines = db.execute(
+            """SELECT p.oid::regprocedure::text FROM pg_proc p
+                WHERE p.pronamespace = 'pgtrickle'::regnamespace AND p.proname = ANY(%s)
+                ORDER BY 1""",
+            (list(MUTATING_ROUTINES),),
+        ).fetchall()
+        for (signature,) in routines:
+            db.execute(sql.SQL("REVOKE EXECUTE ON ROUTINE {} FROM PUBLIC").format(sql.SQL(signature)))
+            db.execute(sql.SQL("GRANT EXECUTE ON ROUTINE {} TO {}").format(sql.SQL(signature), owner))
+        self._say(
+            f"catalog: {OWNER} may create and manage stream tables "
+            f"({len(routines)} changing pgtrickle routines executable by {OWNER} only)"
+        )
 
     # -- scenario SQL ----------------------------------------------------------------------------------
     def _recorded_checksum(self, db: psycopg.Connection, step: str) -> str | None:

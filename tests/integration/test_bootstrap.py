@@ -241,3 +241,52 @@ def test_extension_engine_refuses_a_database_holding_the_emulator(demo_db, engin
             database=db.database,
             report=lambda line: None,
         )
+
+
+# Every pgtrickle function that changes something, called the way pg_trickle documents it.
+_MUTATING_CALLS = (
+    "SELECT pgtrickle.refresh_stream_table('category_revenue')",
+    "SELECT pgtrickle.alter_stream_table('category_revenue', schedule => '9s')",
+    "SELECT pgtrickle.alter_stream_table('category_revenue', status => 'SUSPENDED')",
+    "SELECT pgtrickle.resume_stream_table('category_revenue')",
+    "SELECT pgtrickle.drop_stream_table('top_10_customers')",
+    "SELECT pgtrickle.create_stream_table('intruder', 'SELECT 1 AS x')",
+    "SELECT pgtrickle.create_stream_table_if_not_exists('intruder', 'SELECT 1 AS x')",
+)
+_EMULATOR_CALLS = (
+    "SELECT pgtrickle.emulator_tick()",
+    "CALL pgtrickle.emulator_run(10, 1)",
+    "SELECT pgtrickle.emulator_finish_refresh(1)",
+    "SELECT pgtrickle.emulator_record_no_data(1)",
+    "SELECT pgtrickle.emulator_apply(1)",
+    "SELECT pgtrickle.emulator_attach_capture('public.orders'::regclass)",
+    "SELECT pgtrickle.emulator_detach_capture_if_unused('public.orders'::regclass)",
+)
+
+
+@pytest.mark.parametrize("role", ["reader", "writer"])
+def test_reader_and_writer_cannot_change_stream_tables_through_pgtrickle_functions(demo_db, role):
+    db = demo_db("ecommerce")
+    calls = _MUTATING_CALLS + (_EMULATOR_CALLS if db.engine == "emulator" else ())
+    with psycopg.connect(db.owner_url) as conn:
+        before = (
+            conn.execute("SELECT count(*), max(refresh_id) FROM pgtrickle.pgt_refresh_history").fetchone(),
+            conn.execute(
+                "SELECT array_agg((pgt_name, schedule, status, refresh_mode)::text ORDER BY pgt_id)"
+                " FROM pgtrickle.pgt_stream_tables"
+            ).fetchone(),
+        )
+    url = db.reader_url if role == "reader" else db.writer_url
+    with psycopg.connect(url, autocommit=True) as conn:
+        for statement in calls:
+            with pytest.raises(psycopg.errors.InsufficientPrivilege):
+                conn.execute(statement)
+    with psycopg.connect(db.owner_url) as conn:
+        after = (
+            conn.execute("SELECT count(*), max(refresh_id) FROM pgtrickle.pgt_refresh_history").fetchone(),
+            conn.execute(
+                "SELECT array_agg((pgt_name, schedule, status, refresh_mode)::text ORDER BY pgt_id)"
+                " FROM pgtrickle.pgt_stream_tables"
+            ).fetchone(),
+        )
+    assert after == before
