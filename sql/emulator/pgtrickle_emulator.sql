@@ -88,6 +88,17 @@ CREATE TABLE pgtrickle.pgt_refresh_history (
 -- Readers never scan the growing history: per-table newest-first reads, global newest-first reads.
 CREATE INDEX pgt_refresh_history_pgt_start_idx ON pgtrickle.pgt_refresh_history (pgt_id, start_time DESC);
 CREATE INDEX pgt_refresh_history_start_idx ON pgtrickle.pgt_refresh_history (start_time DESC);
+-- refresh_efficiency() and recommend_refresh_mode() read "the latest 100 COMPLETED rows of action X" and "the
+-- latest 100 COMPLETED rows that changed something" per stream table: these two partial indexes make both
+-- bounded reads, however many NO_DATA rows (or no DIFFERENTIAL rows at all) the history holds.
+CREATE INDEX pgt_refresh_history_completed_action_idx ON pgtrickle.pgt_refresh_history (pgt_id, action, start_time DESC)
+    INCLUDE (end_time) WHERE status = 'COMPLETED';
+CREATE INDEX pgt_refresh_history_changed_idx ON pgtrickle.pgt_refresh_history (pgt_id, start_time DESC)
+    INCLUDE (rows_inserted, rows_deleted) WHERE status = 'COMPLETED' AND rows_inserted + rows_deleted > 0;
+-- Without statistics on the expression the planner guesses a third of the rows changed something and may
+-- prefer filtering the start_time index, which is unbounded on a NO_DATA-heavy history.
+CREATE STATISTICS pgtrickle.pgt_refresh_history_changed_stat ON (rows_inserted + rows_deleted)
+    FROM pgtrickle.pgt_refresh_history;
 
 CREATE TABLE pgtrickle.pgt_dependencies (
     pgt_id                 bigint NOT NULL REFERENCES pgtrickle.pgt_stream_tables (pgt_id) ON DELETE CASCADE,
@@ -1151,17 +1162,17 @@ LANGUAGE sql STABLE AS $$
             SELECT avg(extract(epoch FROM h.end_time - h.start_time) * 1000)::double precision AS avg_ms
               FROM (SELECT * FROM pgtrickle.pgt_refresh_history h
                      WHERE h.pgt_id = st.pgt_id AND h.status = 'COMPLETED' AND h.action = 'DIFFERENTIAL'
-                     ORDER BY h.start_time DESC LIMIT 100) h) diff
+                     ORDER BY h.pgt_id, h.start_time DESC LIMIT 100) h) diff
       CROSS JOIN LATERAL (
             SELECT avg(extract(epoch FROM h.end_time - h.start_time) * 1000)::double precision AS avg_ms
               FROM (SELECT * FROM pgtrickle.pgt_refresh_history h
                      WHERE h.pgt_id = st.pgt_id AND h.status = 'COMPLETED' AND h.action = 'FULL'
-                     ORDER BY h.start_time DESC LIMIT 100) h) full_
+                     ORDER BY h.pgt_id, h.start_time DESC LIMIT 100) h) full_
       CROSS JOIN LATERAL (
             SELECT avg((h.rows_inserted + h.rows_deleted)::double precision / greatest(s.row_count, 1)) AS avg_ratio
               FROM (SELECT * FROM pgtrickle.pgt_refresh_history h
                      WHERE h.pgt_id = st.pgt_id AND h.status = 'COMPLETED' AND h.rows_inserted + h.rows_deleted > 0
-                     ORDER BY h.start_time DESC LIMIT 100) h) ratio
+                     ORDER BY h.pgt_id, h.start_time DESC LIMIT 100) h) ratio
      ORDER BY st.pgt_schema, st.pgt_name
 $$;
 
@@ -1188,6 +1199,7 @@ DECLARE
     source_rows double precision;
     ratio_now double precision;
     ratio_avg double precision;
+    full_ms double precision;
     history_rows bigint;
     size_bytes bigint;
     sig jsonb;
@@ -1212,16 +1224,23 @@ BEGIN
           FROM pgtrickle.pgt_dependencies d JOIN pg_catalog.pg_class c ON c.oid = d.source_relid
          WHERE d.pgt_id = st.pgt_id AND c.reltuples >= 0;
         ratio_now := CASE WHEN source_rows > 0 THEN pending / source_rows END;
-        SELECT e.avg_change_ratio INTO ratio_avg FROM pgtrickle.refresh_efficiency() e
+        SELECT e.avg_change_ratio, e.avg_full_ms INTO ratio_avg, full_ms FROM pgtrickle.refresh_efficiency() e
          WHERE e.pgt_schema = st.pgt_schema AND e.pgt_name = st.pgt_name;
         SELECT count(*) INTO history_rows FROM (
             SELECT 1 FROM pgtrickle.pgt_refresh_history h
              WHERE h.pgt_id = st.pgt_id AND h.status = 'COMPLETED' AND h.rows_inserted + h.rows_deleted > 0
-             ORDER BY h.start_time DESC LIMIT 100) x;
+             ORDER BY h.pgt_id, h.start_time DESC LIMIT 100) x;
         size_bytes := pg_total_relation_size(st.pgt_relid);
-        SELECT h.action INTO eff FROM pgtrickle.pgt_refresh_history h
-         WHERE h.pgt_id = st.pgt_id AND h.status = 'COMPLETED' AND h.action IN ('FULL', 'DIFFERENTIAL')
-         ORDER BY h.start_time DESC LIMIT 1;
+        -- The latest COMPLETED FULL or DIFFERENTIAL row: the newer of two one-row index reads.
+        SELECT x.action INTO eff FROM (
+            (SELECT h.action, h.start_time FROM pgtrickle.pgt_refresh_history h
+              WHERE h.pgt_id = st.pgt_id AND h.status = 'COMPLETED' AND h.action = 'FULL'
+              ORDER BY h.start_time DESC LIMIT 1)
+            UNION ALL
+            (SELECT h.action, h.start_time FROM pgtrickle.pgt_refresh_history h
+              WHERE h.pgt_id = st.pgt_id AND h.status = 'COMPLETED' AND h.action = 'DIFFERENTIAL'
+              ORDER BY h.start_time DESC LIMIT 1)) x
+         ORDER BY x.start_time DESC LIMIT 1;
 
         WITH measured(name, score, weight, detail) AS (
             SELECT 'change_ratio_current', pgtrickle.emulator_ratio_score(ratio_now), 0.25,
@@ -1264,8 +1283,7 @@ BEGIN
         reason := why;
         signals := jsonb_build_object(
             'change_ratio_current', ratio_now, 'change_ratio_avg', ratio_avg,
-            'diff_avg_ms', NULL, 'full_avg_ms', (SELECT e.avg_full_ms FROM pgtrickle.refresh_efficiency() e
-                                                   WHERE e.pgt_schema = st.pgt_schema AND e.pgt_name = st.pgt_name),
+            'diff_avg_ms', NULL, 'full_avg_ms', full_ms,
             'diff_p95_ms', NULL, 'target_size_bytes', size_bytes, 'join_count', NULL, 'has_covering_index', NULL,
             'history_rows_diff', 0, 'history_rows_full', history_rows, 'composite_score', composite,
             'signals', coalesce(sig, '[]'::jsonb));

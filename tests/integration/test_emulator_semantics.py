@@ -565,3 +565,36 @@ ORDER BY rh.start_time DESC LIMIT 20;""",
     ]
     for query in queries:
         assert db.execute(query).fetchall(), query
+
+
+def _history_scans(plan: dict) -> list[dict]:
+    found = [plan] if plan.get("Relation Name") == "pgt_refresh_history" else []
+    for child in plan.get("Plans", []):
+        found += _history_scans(child)
+    return found
+
+
+def test_refresh_efficiency_reads_bounded_index_ranges_of_a_long_history(db):
+    """No scan of the growing history: each per-table read is an index range of at most 100 rows, even when
+    the history is mostly NO_DATA and holds no DIFFERENTIAL row at all (the emulator never writes one)."""
+    db.execute("CREATE TABLE t (id int PRIMARY KEY, v int)")
+    db.execute("INSERT INTO t SELECT i, i FROM generate_series(1, 20) i")
+    for name in ("a", "b", "c"):
+        db.execute("SELECT pgtrickle.create_stream_table(%s, 'SELECT id, v FROM t', '1s')", (name,))
+    db.execute(
+        """INSERT INTO pgtrickle.pgt_refresh_history
+               (pgt_id, data_timestamp, start_time, end_time, action, rows_inserted, status, initiated_by)
+           SELECT st.pgt_id, now(), now() - g * interval '1 s', now() - g * interval '1 s' + interval '1 ms',
+                  CASE WHEN g % 50 = 0 THEN 'FULL' ELSE 'NO_DATA' END, CASE WHEN g % 50 = 0 THEN 1 ELSE 0 END,
+                  'COMPLETED', 'SCHEDULER'
+             FROM pgtrickle.pgt_stream_tables st, generate_series(1, 20000) g"""
+    )
+    db.execute("VACUUM ANALYZE pgtrickle.pgt_refresh_history")
+    [[plan]] = db.execute("EXPLAIN (ANALYZE, FORMAT JSON) SELECT * FROM pgtrickle.refresh_efficiency()").fetchone()
+    scans = _history_scans(plan["Plan"])
+    assert len(scans) == 3  # the DIFFERENTIAL, FULL and changed-rows reads
+    for scan in scans:
+        assert scan["Node Type"] in ("Index Scan", "Index Only Scan"), scan
+        assert scan.get("Rows Removed by Filter", 0) == 0, scan.get("Filter")
+        assert scan["Actual Rows"] <= 100, scan
+    assert {row.full_count for row in pgtrickle.refresh_efficiency(db)} == {1}  # stats count the emulator's own
