@@ -496,6 +496,22 @@ DECLARE
     errors integer;
 BEGIN
     SELECT * INTO STRICT h FROM pgtrickle.pgt_refresh_history WHERE refresh_id = p_refresh_id;
+    -- One refresh of a stream table at a time (two concurrent diffs against the same stored rows would
+    -- both insert the new rows). Like pg_trickle, a manual refresh while another runs is an error; the
+    -- scheduler records the table as skipped and tries again on a later tick. The lock is held until the
+    -- transaction ends, and every statement below reads a snapshot taken after it was granted.
+    IF NOT pg_try_advisory_xact_lock((pgtrickle.emulator_lock_keys()).key1 + 1, h.pgt_id::integer) THEN
+        IF NOT p_catch THEN
+            RAISE EXCEPTION 'refresh of stream table % is already in progress',
+                (SELECT format('%s.%s', pgt_schema, pgt_name) FROM pgtrickle.pgt_stream_tables WHERE pgt_id = h.pgt_id)
+                USING ERRCODE = 'object_in_use';
+        END IF;
+        UPDATE pgtrickle.pgt_refresh_history
+           SET action = 'SKIP', status = 'SKIPPED', end_time = clock_timestamp(),
+               error_message = 'another refresh of this stream table was in progress'
+         WHERE refresh_id = p_refresh_id;
+        RETURN 'SKIPPED';
+    END IF;
     -- What the sources look like *before* the recomputation: later changes trigger another refresh.
     consumed := pgtrickle.emulator_current_frontier(h.pgt_id);
     BEGIN

@@ -357,6 +357,30 @@ def test_manual_refresh_applies_only_the_true_differences(db):
     assert_matches_query(db, "copy")
 
 
+def test_one_refresh_of_a_table_at_a_time_manual_errors_scheduler_skips(db, emulator_db):
+    """Two refreshes of one stream table must not overlap (both would insert the new rows): while one runs,
+    a manual refresh fails as pg_trickle's does and the scheduler records a SKIP and moves on."""
+    db.execute("CREATE TABLE t (id int PRIMARY KEY, v int)")
+    db.execute("INSERT INTO t SELECT i, i FROM generate_series(1, 10) i")
+    db.execute("SELECT pgtrickle.create_stream_table('busy', 'SELECT id, v FROM t', '1s')")
+    db.execute("SELECT pgtrickle.create_stream_table('free', 'SELECT count(*) AS n FROM t', '1s')")
+    db.execute("INSERT INTO t SELECT i, i FROM generate_series(11, 13) i")
+    make_due(db)
+    with psycopg.connect(emulator_db) as holder:  # a manual refresh inside a transaction still open
+        holder.execute("SELECT pgtrickle.refresh_stream_table('busy')")
+        with pytest.raises(psycopg.errors.ObjectInUse, match="already in progress"):
+            db.execute("SELECT pgtrickle.refresh_stream_table('busy')")
+        db.execute("SELECT pgtrickle.emulator_tick()")
+        assert history(db, "busy")[-1][:2] == ("SKIP", "SKIPPED")
+        assert history(db, "free")[-1][:4] == ("FULL", "COMPLETED", 1, 1)  # the rest of the DAG goes on
+        holder.commit()
+    assert history(db, "busy")[-2][:5] == ("FULL", "COMPLETED", 3, 0, "MANUAL")
+    assert_matches_query(db, "busy")
+    make_due(db)
+    db.execute("SELECT pgtrickle.emulator_tick()")
+    assert history(db, "busy")[-1][:4] == ("NO_DATA", "COMPLETED", 0, 0)  # the manual refresh consumed it all
+
+
 def test_diff_handles_duplicates_and_nulls_as_multisets(db):
     db.execute("CREATE TABLE t (a int, b text)")
     db.execute("INSERT INTO t VALUES (1, NULL), (1, NULL), (1, NULL), (2, 'x'), (NULL, NULL)")
