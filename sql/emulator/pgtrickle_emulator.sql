@@ -561,6 +561,9 @@ LANGUAGE plpgsql AS $$
 DECLARE
     started timestamptz := clock_timestamp();
 BEGIN
+    IF NOT pg_try_advisory_xact_lock((pgtrickle.emulator_lock_keys()).key1 + 1, p_pgt_id::integer) THEN
+        RETURN;  -- a refresh of this table is running: it records the outcome, nothing to add
+    END IF;
     INSERT INTO pgtrickle.pgt_refresh_history
            (pgt_id, data_timestamp, start_time, end_time, action, status, initiated_by)
     SELECT pgt_id, coalesce(data_timestamp, started), started, clock_timestamp(), 'NO_DATA', 'COMPLETED', 'SCHEDULER'

@@ -379,6 +379,13 @@ def test_one_refresh_of_a_table_at_a_time_manual_errors_scheduler_skips(db, emul
     make_due(db)
     db.execute("SELECT pgtrickle.emulator_tick()")
     assert history(db, "busy")[-1][:4] == ("NO_DATA", "COMPLETED", 0, 0)  # the manual refresh consumed it all
+    make_due(db)
+    with psycopg.connect(emulator_db) as holder:  # due and unchanged, but being refreshed: no NO_DATA row
+        holder.execute("SELECT pgtrickle.refresh_stream_table('busy')")
+        before = len(history(db, "busy"))
+        db.execute("SELECT pgtrickle.emulator_tick()")
+        assert len(history(db, "busy")) == before
+        assert history(db, "free")[-1][:2] == ("NO_DATA", "COMPLETED")
 
 
 def test_diff_handles_duplicates_and_nulls_as_multisets(db):
