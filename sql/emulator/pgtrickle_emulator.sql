@@ -531,6 +531,12 @@ BEGIN
                updated_at = finished
          WHERE pgt_id = h.pgt_id
         RETURNING consecutive_errors INTO errors;
+        IF errors = 3 THEN  -- just suspended: pg_trickle's alert, as resume_stream_table sends 'resumed'
+            PERFORM pg_notify('pg_trickle_alert', json_build_object(
+                'event', 'auto_suspended', 'pgt_schema', st_schema, 'pgt_name', st_name, 'error', message)::text)
+              FROM (SELECT pgt_schema AS st_schema, pgt_name AS st_name
+                      FROM pgtrickle.pgt_stream_tables WHERE pgt_id = h.pgt_id) x;
+        END IF;
         UPDATE pgtrickle.emulator_stats SET total_failed = total_failed + 1 WHERE pgt_id = h.pgt_id;
         RETURN 'FAILED';
     END;

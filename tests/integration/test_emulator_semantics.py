@@ -3,6 +3,7 @@ monitoring formulas. Expected names, columns and values come from ../shared/refe
 
 from __future__ import annotations
 
+import json
 import re
 import threading
 import time
@@ -446,6 +447,7 @@ def test_failing_table_is_suspended_after_three_failures_while_others_continue(d
     db.execute("SELECT pgtrickle.create_stream_table('fragile', 'SELECT 100 / x AS y FROM t', '1s')")
     db.execute("SELECT pgtrickle.create_stream_table('sturdy', 'SELECT count(*) AS n FROM t', '1s')")
     db.execute("INSERT INTO t VALUES (0)")
+    db.execute("LISTEN pg_trickle_alert")
     for expected_errors in (1, 2, 3):
         make_due(db)
         db.execute("SELECT pgtrickle.emulator_tick()")
@@ -454,6 +456,8 @@ def test_failing_table_is_suspended_after_three_failures_while_others_continue(d
         last = history(db, "fragile")[-1]
         assert last[1] == "FAILED" and "division by zero" in last[7]
     assert fragile.status == "SUSPENDED"
+    [alert] = [json.loads(n.payload) for n in db.notifies(timeout=0) if n.channel == "pg_trickle_alert"]
+    assert alert["event"] == "auto_suspended" and alert["pgt_name"] == "fragile"
     assert db.execute("SELECT n FROM sturdy").fetchone()[0] == 3  # the rest of the DAG kept refreshing
     assert {r.check_name: r.severity for r in pgtrickle.health_check(db)}["error_tables"] == "ERROR"
     make_due(db)
