@@ -31,6 +31,8 @@ from services.common.settings import ConfigError, describe_conninfo, env_str
 OWNER, WRITER, READER = "demo", "demo_writer", "demo_reader"
 # pgtrickle routines that change stream tables, the catalog or the scheduler's state (pg_trickle's and
 # the emulator's); everything else in the schema (status, monitoring, tree, advisor) stays PUBLIC.
+# Databases the bootstrap never takes over.
+RESERVED_DATABASES = frozenset({"postgres", "template0", "template1"})
 MUTATING_ROUTINES = (
     "create_stream_table",
     "create_stream_table_if_not_exists",
@@ -119,6 +121,13 @@ class Bootstrap:
         self.engine = engine
         self.passwords = passwords
         self.database = database or scenario.database
+        if self.database in RESERVED_DATABASES:
+            raise ConfigError(
+                f"database {self.database!r} is not valid: the demo needs a database of its own "
+                f"(not {', '.join(sorted(RESERVED_DATABASES))}); the default is {scenario.database}"
+            )
+        if len(self.database.encode()) > 63:
+            raise ConfigError(f"database name {self.database!r} is longer than PostgreSQL's 63 bytes")
         self.report = report
         self.connect_timeout = connect_timeout
         self._step = 0
@@ -203,7 +212,15 @@ class Bootstrap:
         self._say("roles: " + ", ".join(outcome))
 
     def _database(self, admin: psycopg.Connection) -> None:
-        exists = admin.execute("SELECT 1 FROM pg_database WHERE datname = %s", (self.database,)).fetchone()
+        exists = admin.execute(
+            "SELECT pg_get_userbyid(datdba) FROM pg_database WHERE datname = %s", (self.database,)
+        ).fetchone()
+        if exists and exists[0] != OWNER:
+            # Not one of ours: taking it over would revoke everyone else's access to it.
+            raise FatalError(
+                f"database {self.database} exists and is owned by {exists[0]}, not {OWNER}: "
+                "refusing to take it over (choose another --database, or drop it first)"
+            )
         db = sql.Identifier(self.database)
         if not exists:
             admin.execute(

@@ -290,3 +290,28 @@ def test_reader_and_writer_cannot_change_stream_tables_through_pgtrickle_functio
             ).fetchone(),
         )
     assert after == before
+
+
+@pytest.mark.parametrize("database", ["postgres", "template1", "x" * 64])
+def test_reserved_or_overlong_database_names_exit_2(pg_server, database):
+    result = _run_cli("--engine", "emulator", "--database", database, env={"DATABASE_URL": pg_server.admin_url})
+    assert result.returncode == 2, result.stderr
+    assert "bootstrap: configuration error: database" in result.stderr and "Traceback" not in result.stderr
+    assert result.stdout == ""  # stopped before touching the server
+
+
+def test_existing_database_of_another_owner_is_not_taken_over(pg_server, engine_server):
+    if engine_server[1] != "emulator":
+        pytest.skip("uses the local server")
+    database = f"someone_elses_{os.getpid()}"
+    with psycopg.connect(pg_server.admin_url, autocommit=True) as conn:
+        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(database)))
+    try:
+        result = _run_cli("--engine", "emulator", "--database", database, env={"DATABASE_URL": pg_server.admin_url})
+        assert result.returncode == 1, result.stderr
+        assert f"database {database} exists and is owned by" in result.stderr and "Traceback" not in result.stderr
+        with psycopg.connect(pg_server.admin_url) as conn:
+            acl = conn.execute("SELECT datacl FROM pg_database WHERE datname = %s", (database,)).fetchone()[0]
+        assert acl is None  # PUBLIC's default CONNECT was left alone
+    finally:
+        _drop_database(pg_server.admin_url, database)
