@@ -197,7 +197,11 @@ class Bootstrap:
         outcome = []
         for role in (OWNER, WRITER, READER):
             exists = admin.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (role,)).fetchone()
-            password = sql.Literal(self.passwords.for_role(role))
+            # Hashed here (SCRAM, or whatever password_encryption says), so the plaintext never reaches the
+            # server, its statement log or pg_stat_statements.
+            password = sql.Literal(
+                admin.pgconn.encrypt_password(self.passwords.for_role(role).encode(), role.encode()).decode()
+            )
             if role == me:
                 outcome.append(f"{role} (the admin connection; left as is)")
                 continue

@@ -9,6 +9,7 @@ import sys
 import psycopg
 import pytest
 from psycopg import sql
+from psycopg.conninfo import make_conninfo
 
 from services.bootstrap.core import RolePasswords, bootstrap
 from services.common import pgtrickle
@@ -313,5 +314,29 @@ def test_existing_database_of_another_owner_is_not_taken_over(pg_server, engine_
         with psycopg.connect(pg_server.admin_url) as conn:
             acl = conn.execute("SELECT datacl FROM pg_database WHERE datname = %s", (database,)).fetchone()[0]
         assert acl is None  # PUBLIC's default CONNECT was left alone
+    finally:
+        _drop_database(pg_server.admin_url, database)
+
+
+def test_role_passwords_reach_the_server_hashed_only(pg_server, engine_server):
+    if engine_server[1] != "emulator":
+        pytest.skip("reads the local server's log")
+    database = f"ecommerce_pwlog_{os.getpid()}"
+    logged = pg_server.admin_url + ("&" if "?" in pg_server.admin_url else "?") + "options=-c%20log_statement%3Dall"
+    try:
+        bootstrap(logged, get_scenario("ecommerce"), "emulator", PASSWORDS, database=database, report=lambda _: None)
+        log = pg_server.log_tail(5000)
+        assert "ALTER ROLE" in log or "CREATE ROLE" in log  # the statements were logged...
+        for password in TEST_PASSWORDS.values():
+            assert password not in log  # ...without a plaintext password
+        with psycopg.connect(pg_server.admin_url) as conn:
+            hashes = conn.execute(
+                "SELECT rolpassword FROM pg_authid WHERE rolname IN ('demo', 'demo_writer', 'demo_reader')"
+            ).fetchall()
+        assert len(hashes) == 3 and all(h.startswith("SCRAM-SHA-256$") for (h,) in hashes)
+        with psycopg.connect(
+            make_conninfo(pg_server.admin_url, dbname=database, user="demo_reader", password=PASSWORDS.reader)
+        ) as conn:
+            assert conn.execute("SELECT current_user").fetchone()[0] == "demo_reader"
     finally:
         _drop_database(pg_server.admin_url, database)
