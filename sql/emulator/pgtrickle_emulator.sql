@@ -948,6 +948,8 @@ DECLARE
     new_defs text;
     qualified text := format('%I.%I', st.pgt_schema, st.pgt_name);
     probe oid;
+    grants text[];
+    grant_sql text;
 BEGIN
     IF new_status IS NOT NULL AND new_status NOT IN ('INITIALIZING', 'ACTIVE', 'SUSPENDED', 'ERROR') THEN
         RAISE EXCEPTION 'invalid status "%": allowed values are INITIALIZING, ACTIVE, SUSPENDED, ERROR', status
@@ -995,8 +997,18 @@ BEGIN
             RAISE EXCEPTION 'cannot change the columns of stream table %: other stream tables read it', qualified
                 USING ERRCODE = 'dependent_objects_still_exist';
         END IF;
+        -- The rebuilt storage keeps the old one's grants (readers of the stream table keep reading it).
+        SELECT array_agg(format('GRANT %s ON %s TO %s', a.privilege_type, qualified,
+                                CASE WHEN a.grantee = 0 THEN 'PUBLIC' ELSE quote_ident(pg_get_userbyid(a.grantee)) END)
+                         || CASE WHEN a.is_grantable THEN ' WITH GRANT OPTION' ELSE '' END)
+          INTO grants
+          FROM pg_catalog.pg_class c, aclexplode(c.relacl) a
+         WHERE c.oid = st.pgt_relid AND a.grantee <> c.relowner;
         EXECUTE format('DROP TABLE %s', qualified);
         EXECUTE format('CREATE TABLE %s (__pgt_row_id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY, %s)', qualified, new_defs);
+        FOR grant_sql IN SELECT unnest(grants) LOOP
+            EXECUTE grant_sql;
+        END LOOP;
         DELETE FROM pgtrickle.emulator_source_changes WHERE source_relid = st.pgt_relid;
         UPDATE pgtrickle.pgt_stream_tables SET pgt_relid = qualified::regclass WHERE pgt_id = st.pgt_id;
         UPDATE pgtrickle.emulator_stats SET row_count = 0 WHERE pgt_id = st.pgt_id;

@@ -4,6 +4,7 @@ monitoring formulas. Expected names, columns and values come from ../shared/refe
 from __future__ import annotations
 
 import json
+import os
 import re
 import threading
 import time
@@ -320,8 +321,19 @@ def test_alter_changes_schedule_mode_status_and_query(db):
     assert (st.schedule, st.refresh_mode) == ("5s", "FULL")  # NULL arguments left the other unchanged
     db.execute("SELECT pgtrickle.alter_stream_table('s', schedule => 'calculated')")
     assert pgtrickle.stream_tables(db)[0].schedule is None
-    db.execute("SELECT pgtrickle.alter_stream_table('s', query => 'SELECT sum(v) AS total, count(*) AS n FROM t')")
-    assert db.execute("SELECT total, n FROM s").fetchall() == [(30, 2)]
+    probe = sql.Identifier(f"emu_reader_probe_{os.getpid()}")
+    db.execute(sql.SQL("CREATE ROLE {} NOLOGIN").format(probe))
+    try:
+        db.execute(sql.SQL("GRANT SELECT ON s TO {}").format(probe))
+        db.execute("SELECT pgtrickle.alter_stream_table('s', query => 'SELECT sum(v) AS total, count(*) AS n FROM t')")
+        assert db.execute("SELECT total, n FROM s").fetchall() == [(30, 2)]
+        # New columns rebuild the storage; its grants survive (a reader of the stream table keeps reading it).
+        assert db.execute(
+            "SELECT has_table_privilege(%s, 's', 'SELECT')", (f"emu_reader_probe_{os.getpid()}",)
+        ).fetchone()[0]
+    finally:
+        db.execute(sql.SQL("DROP OWNED BY {}").format(probe))
+        db.execute(sql.SQL("DROP ROLE {}").format(probe))
     assert_matches_query(db, "s")
     db.execute("SELECT pgtrickle.alter_stream_table('s', status => 'SUSPENDED')")
     assert pgtrickle.stream_tables(db)[0].status == "SUSPENDED"
