@@ -29,6 +29,38 @@ from services.common.scenarios import Scenario, sql_root
 from services.common.settings import ConfigError, describe_conninfo, env_str
 
 OWNER, WRITER, READER = "demo", "demo_writer", "demo_reader"
+# pgtrickle routines that change stream tables, the catalog or the scheduler's state (pg_trickle's and
+# the emulator's); everything else in the schema (status, monitoring, tree, advisor) stays PUBLIC.
+# Databases the bootstrap never takes over.
+RESERVED_DATABASES = frozenset({"postgres", "template0", "template1"})
+MUTATING_ROUTINES = (
+    "create_stream_table",
+    "create_stream_table_if_not_exists",
+    "create_or_replace_stream_table",
+    "alter_stream_table",
+    "drop_stream_table",
+    "refresh_stream_table",
+    "refresh_if_stale",
+    "resume_stream_table",
+    "pause_stream_table",
+    "pause_all",
+    "resume_all",
+    "repair_stream_table",
+    "reinitialize_stream_table",
+    "bulk_create",
+    "emulator_tick",
+    "emulator_run",
+    "emulator_apply",
+    "emulator_begin_refresh",
+    "emulator_finish_refresh",
+    "emulator_record_no_data",
+    "emulator_record_sources",
+    "emulator_attach_capture",
+    "emulator_detach_capture_if_unused",
+    "emulator_capture_new",
+    "emulator_capture_old",
+    "emulator_capture_truncate",
+)
 PASSWORD_VARIABLES = {OWNER: "DEMO_PASSWORD", WRITER: "DEMO_WRITER_PASSWORD", READER: "DEMO_READER_PASSWORD"}
 ENGINES = ("extension", "emulator")
 PG_TRICKLE_IMAGE = "ghcr.io/trickle-labs/pg_trickle"
@@ -89,6 +121,13 @@ class Bootstrap:
         self.engine = engine
         self.passwords = passwords
         self.database = database or scenario.database
+        if self.database in RESERVED_DATABASES:
+            raise ConfigError(
+                f"database {self.database!r} is not valid: the demo needs a database of its own "
+                f"(not {', '.join(sorted(RESERVED_DATABASES))}); the default is {scenario.database}"
+            )
+        if len(self.database.encode()) > 63:
+            raise ConfigError(f"database name {self.database!r} is longer than PostgreSQL's 63 bytes")
         self.report = report
         self.connect_timeout = connect_timeout
         self._step = 0
@@ -158,7 +197,11 @@ class Bootstrap:
         outcome = []
         for role in (OWNER, WRITER, READER):
             exists = admin.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (role,)).fetchone()
-            password = sql.Literal(self.passwords.for_role(role))
+            # Hashed here (SCRAM, or whatever password_encryption says), so the plaintext never reaches the
+            # server, its statement log or pg_stat_statements.
+            password = sql.Literal(
+                admin.pgconn.encrypt_password(self.passwords.for_role(role).encode(), role.encode()).decode()
+            )
             if role == me:
                 outcome.append(f"{role} (the admin connection; left as is)")
                 continue
@@ -173,7 +216,15 @@ class Bootstrap:
         self._say("roles: " + ", ".join(outcome))
 
     def _database(self, admin: psycopg.Connection) -> None:
-        exists = admin.execute("SELECT 1 FROM pg_database WHERE datname = %s", (self.database,)).fetchone()
+        exists = admin.execute(
+            "SELECT pg_get_userbyid(datdba) FROM pg_database WHERE datname = %s", (self.database,)
+        ).fetchone()
+        if exists and exists[0] != OWNER:
+            # Not one of ours: taking it over would revoke everyone else's access to it.
+            raise FatalError(
+                f"database {self.database} exists and is owned by {exists[0]}, not {OWNER}: "
+                "refusing to take it over (choose another --database, or drop it first)"
+            )
         db = sql.Identifier(self.database)
         if not exists:
             admin.execute(
@@ -246,7 +297,23 @@ class Bootstrap:
         if db.execute("SELECT 1 FROM pg_roles WHERE rolname = 'pgtrickle_admin'").fetchone():
             # pg_trickle >= 0.108 ships its own admin role for create/alter/drop.
             db.execute(sql.SQL("GRANT pgtrickle_admin TO {}").format(owner))
-        self._say(f"catalog: {OWNER} may create and manage stream tables")
+        # pg_trickle 0.67 (and the emulator) leave every function EXECUTE-able by PUBLIC: the functions that
+        # change stream tables or drive the scheduler are taken back and given to the owner only, so the
+        # reader and the writer cannot refresh, alter, drop, resume or tick anything. Looked up by name, so
+        # every version's signature is covered.
+        routines = db.execute(
+            """SELECT p.oid::regprocedure::text FROM pg_proc p
+                WHERE p.pronamespace = 'pgtrickle'::regnamespace AND p.proname = ANY(%s)
+                ORDER BY 1""",
+            (list(MUTATING_ROUTINES),),
+        ).fetchall()
+        for (signature,) in routines:
+            db.execute(sql.SQL("REVOKE EXECUTE ON ROUTINE {} FROM PUBLIC").format(sql.SQL(signature)))
+            db.execute(sql.SQL("GRANT EXECUTE ON ROUTINE {} TO {}").format(sql.SQL(signature), owner))
+        self._say(
+            f"catalog: {OWNER} may create and manage stream tables "
+            f"({len(routines)} changing pgtrickle routines executable by {OWNER} only)"
+        )
 
     # -- scenario SQL ----------------------------------------------------------------------------------
     def _recorded_checksum(self, db: psycopg.Connection, step: str) -> str | None:

@@ -248,8 +248,18 @@ class Engine:
                 }
             },
         )
+        # GENERATOR_DURATION bounds the whole run: a database that never becomes ready does not keep a
+        # timed run alive past it.
+        waiting_limit = None
+        if cfg.duration is not None:
+            waiting_limit = threading.Timer(cfg.duration, self._duration_over_while_waiting)
+            waiting_limit.daemon = True
+            waiting_limit.start()
         try:
-            if not self._load_lookups():
+            loaded = self._load_lookups()
+            if waiting_limit is not None:
+                waiting_limit.cancel()
+            if not loaded:
                 return
             start = self._clock()
             self._started_at = self._last_progress_log = start
@@ -282,6 +292,14 @@ class Engine:
             self._finished_at = self._clock()
             self._close()
             self._log_summary()
+
+    def _duration_over_while_waiting(self) -> None:
+        if not self._loaded and not self.stop.is_set():
+            log.warning(
+                "GENERATOR_DURATION reached before the database was ready; stopping",
+                extra={"fields": {"duration_s": self.config.duration, "problem": self._problem}},
+            )
+            self.stop.set()
 
     # -- scheduling ---------------------------------------------------------------------------------------
     def _jittered(self, value: float) -> float:

@@ -88,12 +88,17 @@ CREATE TABLE pgtrickle.pgt_refresh_history (
 -- Readers never scan the growing history: per-table newest-first reads, global newest-first reads.
 CREATE INDEX pgt_refresh_history_pgt_start_idx ON pgtrickle.pgt_refresh_history (pgt_id, start_time DESC);
 CREATE INDEX pgt_refresh_history_start_idx ON pgtrickle.pgt_refresh_history (start_time DESC);
--- refresh_efficiency() and the advisor read the latest 100 COMPLETED rows of one table by action, and of
--- those that changed rows: bounded index reads, not a walk through every NO_DATA row of the table.
-CREATE INDEX pgt_refresh_history_completed_idx ON pgtrickle.pgt_refresh_history (pgt_id, action, start_time DESC)
- WHERE status = 'COMPLETED';
+-- refresh_efficiency() and recommend_refresh_mode() read "the latest 100 COMPLETED rows of action X" and "the
+-- latest 100 COMPLETED rows that changed something" per stream table: these two partial indexes make both
+-- bounded reads, however many NO_DATA rows (or no DIFFERENTIAL rows at all) the history holds.
+CREATE INDEX pgt_refresh_history_completed_action_idx ON pgtrickle.pgt_refresh_history (pgt_id, action, start_time DESC)
+    INCLUDE (end_time) WHERE status = 'COMPLETED';
 CREATE INDEX pgt_refresh_history_changed_idx ON pgtrickle.pgt_refresh_history (pgt_id, start_time DESC)
- WHERE status = 'COMPLETED' AND rows_inserted + rows_deleted > 0;
+    INCLUDE (rows_inserted, rows_deleted) WHERE status = 'COMPLETED' AND rows_inserted + rows_deleted > 0;
+-- Without statistics on the expression the planner guesses a third of the rows changed something and may
+-- prefer filtering the start_time index, which is unbounded on a NO_DATA-heavy history.
+CREATE STATISTICS pgtrickle.pgt_refresh_history_changed_stat ON (rows_inserted + rows_deleted)
+    FROM pgtrickle.pgt_refresh_history;
 
 CREATE TABLE pgtrickle.pgt_dependencies (
     pgt_id                 bigint NOT NULL REFERENCES pgtrickle.pgt_stream_tables (pgt_id) ON DELETE CASCADE,
@@ -491,6 +496,22 @@ DECLARE
     errors integer;
 BEGIN
     SELECT * INTO STRICT h FROM pgtrickle.pgt_refresh_history WHERE refresh_id = p_refresh_id;
+    -- One refresh of a stream table at a time (two concurrent diffs against the same stored rows would
+    -- both insert the new rows). Like pg_trickle, a manual refresh while another runs is an error; the
+    -- scheduler records the table as skipped and tries again on a later tick. The lock is held until the
+    -- transaction ends, and every statement below reads a snapshot taken after it was granted.
+    IF NOT pg_try_advisory_xact_lock((pgtrickle.emulator_lock_keys()).key1 + 1, h.pgt_id::integer) THEN
+        IF NOT p_catch THEN
+            RAISE EXCEPTION 'refresh of stream table % is already in progress',
+                (SELECT format('%s.%s', pgt_schema, pgt_name) FROM pgtrickle.pgt_stream_tables WHERE pgt_id = h.pgt_id)
+                USING ERRCODE = 'object_in_use';
+        END IF;
+        UPDATE pgtrickle.pgt_refresh_history
+           SET action = 'SKIP', status = 'SKIPPED', end_time = clock_timestamp(),
+               error_message = 'another refresh of this stream table was in progress'
+         WHERE refresh_id = p_refresh_id;
+        RETURN 'SKIPPED';
+    END IF;
     -- What the sources look like *before* the recomputation: later changes trigger another refresh.
     consumed := pgtrickle.emulator_current_frontier(h.pgt_id);
     BEGIN
@@ -510,6 +531,12 @@ BEGIN
                updated_at = finished
          WHERE pgt_id = h.pgt_id
         RETURNING consecutive_errors INTO errors;
+        IF errors = 3 THEN  -- just suspended: pg_trickle's alert, as resume_stream_table sends 'resumed'
+            PERFORM pg_notify('pg_trickle_alert', json_build_object(
+                'event', 'auto_suspended', 'pgt_schema', st_schema, 'pgt_name', st_name, 'error', message)::text)
+              FROM (SELECT pgt_schema AS st_schema, pgt_name AS st_name
+                      FROM pgtrickle.pgt_stream_tables WHERE pgt_id = h.pgt_id) x;
+        END IF;
         UPDATE pgtrickle.emulator_stats SET total_failed = total_failed + 1 WHERE pgt_id = h.pgt_id;
         RETURN 'FAILED';
     END;
@@ -540,6 +567,9 @@ LANGUAGE plpgsql AS $$
 DECLARE
     started timestamptz := clock_timestamp();
 BEGIN
+    IF NOT pg_try_advisory_xact_lock((pgtrickle.emulator_lock_keys()).key1 + 1, p_pgt_id::integer) THEN
+        RETURN;  -- a refresh of this table is running: it records the outcome, nothing to add
+    END IF;
     INSERT INTO pgtrickle.pgt_refresh_history
            (pgt_id, data_timestamp, start_time, end_time, action, status, initiated_by)
     SELECT pgt_id, coalesce(data_timestamp, started), started, clock_timestamp(), 'NO_DATA', 'COMPLETED', 'SCHEDULER'
@@ -918,6 +948,8 @@ DECLARE
     new_defs text;
     qualified text := format('%I.%I', st.pgt_schema, st.pgt_name);
     probe oid;
+    grants text[];
+    grant_sql text;
 BEGIN
     IF new_status IS NOT NULL AND new_status NOT IN ('INITIALIZING', 'ACTIVE', 'SUSPENDED', 'ERROR') THEN
         RAISE EXCEPTION 'invalid status "%": allowed values are INITIALIZING, ACTIVE, SUSPENDED, ERROR', status
@@ -965,8 +997,18 @@ BEGIN
             RAISE EXCEPTION 'cannot change the columns of stream table %: other stream tables read it', qualified
                 USING ERRCODE = 'dependent_objects_still_exist';
         END IF;
+        -- The rebuilt storage keeps the old one's grants (readers of the stream table keep reading it).
+        SELECT array_agg(format('GRANT %s ON %s TO %s', a.privilege_type, qualified,
+                                CASE WHEN a.grantee = 0 THEN 'PUBLIC' ELSE quote_ident(pg_get_userbyid(a.grantee)) END)
+                         || CASE WHEN a.is_grantable THEN ' WITH GRANT OPTION' ELSE '' END)
+          INTO grants
+          FROM pg_catalog.pg_class c, aclexplode(c.relacl) a
+         WHERE c.oid = st.pgt_relid AND a.grantee <> c.relowner;
         EXECUTE format('DROP TABLE %s', qualified);
         EXECUTE format('CREATE TABLE %s (__pgt_row_id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY, %s)', qualified, new_defs);
+        FOR grant_sql IN SELECT unnest(grants) LOOP
+            EXECUTE grant_sql;
+        END LOOP;
         DELETE FROM pgtrickle.emulator_source_changes WHERE source_relid = st.pgt_relid;
         UPDATE pgtrickle.pgt_stream_tables SET pgt_relid = qualified::regclass WHERE pgt_id = st.pgt_id;
         UPDATE pgtrickle.emulator_stats SET row_count = 0 WHERE pgt_id = st.pgt_id;
@@ -1157,17 +1199,17 @@ LANGUAGE sql STABLE AS $$
             SELECT avg(extract(epoch FROM h.end_time - h.start_time) * 1000)::double precision AS avg_ms
               FROM (SELECT * FROM pgtrickle.pgt_refresh_history h
                      WHERE h.pgt_id = st.pgt_id AND h.status = 'COMPLETED' AND h.action = 'DIFFERENTIAL'
-                     ORDER BY h.start_time DESC LIMIT 100) h) diff
+                     ORDER BY h.pgt_id, h.start_time DESC LIMIT 100) h) diff
       CROSS JOIN LATERAL (
             SELECT avg(extract(epoch FROM h.end_time - h.start_time) * 1000)::double precision AS avg_ms
               FROM (SELECT * FROM pgtrickle.pgt_refresh_history h
                      WHERE h.pgt_id = st.pgt_id AND h.status = 'COMPLETED' AND h.action = 'FULL'
-                     ORDER BY h.start_time DESC LIMIT 100) h) full_
+                     ORDER BY h.pgt_id, h.start_time DESC LIMIT 100) h) full_
       CROSS JOIN LATERAL (
             SELECT avg((h.rows_inserted + h.rows_deleted)::double precision / greatest(s.row_count, 1)) AS avg_ratio
               FROM (SELECT * FROM pgtrickle.pgt_refresh_history h
                      WHERE h.pgt_id = st.pgt_id AND h.status = 'COMPLETED' AND h.rows_inserted + h.rows_deleted > 0
-                     ORDER BY h.start_time DESC LIMIT 100) h) ratio
+                     ORDER BY h.pgt_id, h.start_time DESC LIMIT 100) h) ratio
      ORDER BY st.pgt_schema, st.pgt_name
 $$;
 
@@ -1224,11 +1266,18 @@ BEGIN
         SELECT count(*) INTO history_rows FROM (
             SELECT 1 FROM pgtrickle.pgt_refresh_history h
              WHERE h.pgt_id = st.pgt_id AND h.status = 'COMPLETED' AND h.rows_inserted + h.rows_deleted > 0
-             ORDER BY h.start_time DESC LIMIT 100) x;
+             ORDER BY h.pgt_id, h.start_time DESC LIMIT 100) x;
         size_bytes := pg_total_relation_size(st.pgt_relid);
-        SELECT h.action INTO eff FROM pgtrickle.pgt_refresh_history h
-         WHERE h.pgt_id = st.pgt_id AND h.status = 'COMPLETED' AND h.action IN ('FULL', 'DIFFERENTIAL')
-         ORDER BY h.start_time DESC LIMIT 1;
+        -- The latest COMPLETED FULL or DIFFERENTIAL row: the newer of two one-row index reads.
+        SELECT x.action INTO eff FROM (
+            (SELECT h.action, h.start_time FROM pgtrickle.pgt_refresh_history h
+              WHERE h.pgt_id = st.pgt_id AND h.status = 'COMPLETED' AND h.action = 'FULL'
+              ORDER BY h.start_time DESC LIMIT 1)
+            UNION ALL
+            (SELECT h.action, h.start_time FROM pgtrickle.pgt_refresh_history h
+              WHERE h.pgt_id = st.pgt_id AND h.status = 'COMPLETED' AND h.action = 'DIFFERENTIAL'
+              ORDER BY h.start_time DESC LIMIT 1)) x
+         ORDER BY x.start_time DESC LIMIT 1;
 
         WITH measured(name, score, weight, detail) AS (
             SELECT 'change_ratio_current', pgtrickle.emulator_ratio_score(ratio_now), 0.25,

@@ -9,6 +9,7 @@ import sys
 import psycopg
 import pytest
 from psycopg import sql
+from psycopg.conninfo import make_conninfo
 
 from services.bootstrap.core import RolePasswords, bootstrap
 from services.common import pgtrickle
@@ -241,3 +242,101 @@ def test_extension_engine_refuses_a_database_holding_the_emulator(demo_db, engin
             database=db.database,
             report=lambda line: None,
         )
+
+
+# Every pgtrickle function that changes something, called the way pg_trickle documents it.
+_MUTATING_CALLS = (
+    "SELECT pgtrickle.refresh_stream_table('category_revenue')",
+    "SELECT pgtrickle.alter_stream_table('category_revenue', schedule => '9s')",
+    "SELECT pgtrickle.alter_stream_table('category_revenue', status => 'SUSPENDED')",
+    "SELECT pgtrickle.resume_stream_table('category_revenue')",
+    "SELECT pgtrickle.drop_stream_table('top_10_customers')",
+    "SELECT pgtrickle.create_stream_table('intruder', 'SELECT 1 AS x')",
+    "SELECT pgtrickle.create_stream_table_if_not_exists('intruder', 'SELECT 1 AS x')",
+)
+_EMULATOR_CALLS = (
+    "SELECT pgtrickle.emulator_tick()",
+    "CALL pgtrickle.emulator_run(10, 1)",
+    "SELECT pgtrickle.emulator_finish_refresh(1)",
+    "SELECT pgtrickle.emulator_record_no_data(1)",
+    "SELECT pgtrickle.emulator_apply(1)",
+    "SELECT pgtrickle.emulator_attach_capture('public.orders'::regclass)",
+    "SELECT pgtrickle.emulator_detach_capture_if_unused('public.orders'::regclass)",
+)
+
+
+@pytest.mark.parametrize("role", ["reader", "writer"])
+def test_reader_and_writer_cannot_change_stream_tables_through_pgtrickle_functions(demo_db, role):
+    db = demo_db("ecommerce")
+    calls = _MUTATING_CALLS + (_EMULATOR_CALLS if db.engine == "emulator" else ())
+    with psycopg.connect(db.owner_url) as conn:
+        before = (
+            conn.execute("SELECT count(*), max(refresh_id) FROM pgtrickle.pgt_refresh_history").fetchone(),
+            conn.execute(
+                "SELECT array_agg((pgt_name, schedule, status, refresh_mode)::text ORDER BY pgt_id)"
+                " FROM pgtrickle.pgt_stream_tables"
+            ).fetchone(),
+        )
+    url = db.reader_url if role == "reader" else db.writer_url
+    with psycopg.connect(url, autocommit=True) as conn:
+        for statement in calls:
+            with pytest.raises(psycopg.errors.InsufficientPrivilege):
+                conn.execute(statement)
+    with psycopg.connect(db.owner_url) as conn:
+        after = (
+            conn.execute("SELECT count(*), max(refresh_id) FROM pgtrickle.pgt_refresh_history").fetchone(),
+            conn.execute(
+                "SELECT array_agg((pgt_name, schedule, status, refresh_mode)::text ORDER BY pgt_id)"
+                " FROM pgtrickle.pgt_stream_tables"
+            ).fetchone(),
+        )
+    assert after == before
+
+
+@pytest.mark.parametrize("database", ["postgres", "template1", "x" * 64])
+def test_reserved_or_overlong_database_names_exit_2(pg_server, database):
+    result = _run_cli("--engine", "emulator", "--database", database, env={"DATABASE_URL": pg_server.admin_url})
+    assert result.returncode == 2, result.stderr
+    assert "bootstrap: configuration error: database" in result.stderr and "Traceback" not in result.stderr
+    assert result.stdout == ""  # stopped before touching the server
+
+
+def test_existing_database_of_another_owner_is_not_taken_over(pg_server, engine_server):
+    if engine_server[1] != "emulator":
+        pytest.skip("uses the local server")
+    database = f"someone_elses_{os.getpid()}"
+    with psycopg.connect(pg_server.admin_url, autocommit=True) as conn:
+        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(database)))
+    try:
+        result = _run_cli("--engine", "emulator", "--database", database, env={"DATABASE_URL": pg_server.admin_url})
+        assert result.returncode == 1, result.stderr
+        assert f"database {database} exists and is owned by" in result.stderr and "Traceback" not in result.stderr
+        with psycopg.connect(pg_server.admin_url) as conn:
+            acl = conn.execute("SELECT datacl FROM pg_database WHERE datname = %s", (database,)).fetchone()[0]
+        assert acl is None  # PUBLIC's default CONNECT was left alone
+    finally:
+        _drop_database(pg_server.admin_url, database)
+
+
+def test_role_passwords_reach_the_server_hashed_only(pg_server, engine_server):
+    if engine_server[1] != "emulator":
+        pytest.skip("reads the local server's log")
+    database = f"ecommerce_pwlog_{os.getpid()}"
+    logged = pg_server.admin_url + ("&" if "?" in pg_server.admin_url else "?") + "options=-c%20log_statement%3Dall"
+    try:
+        bootstrap(logged, get_scenario("ecommerce"), "emulator", PASSWORDS, database=database, report=lambda _: None)
+        log = pg_server.log_tail(5000)
+        assert "ALTER ROLE" in log or "CREATE ROLE" in log  # the statements were logged...
+        for password in TEST_PASSWORDS.values():
+            assert password not in log  # ...without a plaintext password
+        with psycopg.connect(pg_server.admin_url) as conn:
+            hashes = conn.execute(
+                "SELECT rolpassword FROM pg_authid WHERE rolname IN ('demo', 'demo_writer', 'demo_reader')"
+            ).fetchall()
+        assert len(hashes) == 3 and all(h.startswith("SCRAM-SHA-256$") for (h,) in hashes)
+        with psycopg.connect(
+            make_conninfo(pg_server.admin_url, dbname=database, user="demo_reader", password=PASSWORDS.reader)
+        ) as conn:
+            assert conn.execute("SELECT current_user").fetchone()[0] == "demo_reader"
+    finally:
+        _drop_database(pg_server.admin_url, database)

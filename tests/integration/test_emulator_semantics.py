@@ -3,6 +3,8 @@ monitoring formulas. Expected names, columns and values come from ../shared/refe
 
 from __future__ import annotations
 
+import json
+import os
 import re
 import threading
 import time
@@ -319,8 +321,19 @@ def test_alter_changes_schedule_mode_status_and_query(db):
     assert (st.schedule, st.refresh_mode) == ("5s", "FULL")  # NULL arguments left the other unchanged
     db.execute("SELECT pgtrickle.alter_stream_table('s', schedule => 'calculated')")
     assert pgtrickle.stream_tables(db)[0].schedule is None
-    db.execute("SELECT pgtrickle.alter_stream_table('s', query => 'SELECT sum(v) AS total, count(*) AS n FROM t')")
-    assert db.execute("SELECT total, n FROM s").fetchall() == [(30, 2)]
+    probe = sql.Identifier(f"emu_reader_probe_{os.getpid()}")
+    db.execute(sql.SQL("CREATE ROLE {} NOLOGIN").format(probe))
+    try:
+        db.execute(sql.SQL("GRANT SELECT ON s TO {}").format(probe))
+        db.execute("SELECT pgtrickle.alter_stream_table('s', query => 'SELECT sum(v) AS total, count(*) AS n FROM t')")
+        assert db.execute("SELECT total, n FROM s").fetchall() == [(30, 2)]
+        # New columns rebuild the storage; its grants survive (a reader of the stream table keeps reading it).
+        assert db.execute(
+            "SELECT has_table_privilege(%s, 's', 'SELECT')", (f"emu_reader_probe_{os.getpid()}",)
+        ).fetchone()[0]
+    finally:
+        db.execute(sql.SQL("DROP OWNED BY {}").format(probe))
+        db.execute(sql.SQL("DROP ROLE {}").format(probe))
     assert_matches_query(db, "s")
     db.execute("SELECT pgtrickle.alter_stream_table('s', status => 'SUSPENDED')")
     assert pgtrickle.stream_tables(db)[0].status == "SUSPENDED"
@@ -355,6 +368,37 @@ def test_manual_refresh_applies_only_the_true_differences(db):
     assert end > start
     assert db.execute("SELECT __pgt_row_id FROM copy WHERE id = 3").fetchone()[0] == kept  # untouched row stayed
     assert_matches_query(db, "copy")
+
+
+def test_one_refresh_of_a_table_at_a_time_manual_errors_scheduler_skips(db, emulator_db):
+    """Two refreshes of one stream table must not overlap (both would insert the new rows): while one runs,
+    a manual refresh fails as pg_trickle's does and the scheduler records a SKIP and moves on."""
+    db.execute("CREATE TABLE t (id int PRIMARY KEY, v int)")
+    db.execute("INSERT INTO t SELECT i, i FROM generate_series(1, 10) i")
+    db.execute("SELECT pgtrickle.create_stream_table('busy', 'SELECT id, v FROM t', '1s')")
+    db.execute("SELECT pgtrickle.create_stream_table('free', 'SELECT count(*) AS n FROM t', '1s')")
+    db.execute("INSERT INTO t SELECT i, i FROM generate_series(11, 13) i")
+    make_due(db)
+    with psycopg.connect(emulator_db) as holder:  # a manual refresh inside a transaction still open
+        holder.execute("SELECT pgtrickle.refresh_stream_table('busy')")
+        with pytest.raises(psycopg.errors.ObjectInUse, match="already in progress"):
+            db.execute("SELECT pgtrickle.refresh_stream_table('busy')")
+        db.execute("SELECT pgtrickle.emulator_tick()")
+        assert history(db, "busy")[-1][:2] == ("SKIP", "SKIPPED")
+        assert history(db, "free")[-1][:4] == ("FULL", "COMPLETED", 1, 1)  # the rest of the DAG goes on
+        holder.commit()
+    assert history(db, "busy")[-2][:5] == ("FULL", "COMPLETED", 3, 0, "MANUAL")
+    assert_matches_query(db, "busy")
+    make_due(db)
+    db.execute("SELECT pgtrickle.emulator_tick()")
+    assert history(db, "busy")[-1][:4] == ("NO_DATA", "COMPLETED", 0, 0)  # the manual refresh consumed it all
+    make_due(db)
+    with psycopg.connect(emulator_db) as holder:  # due and unchanged, but being refreshed: no NO_DATA row
+        holder.execute("SELECT pgtrickle.refresh_stream_table('busy')")
+        before = len(history(db, "busy"))
+        db.execute("SELECT pgtrickle.emulator_tick()")
+        assert len(history(db, "busy")) == before
+        assert history(db, "free")[-1][:2] == ("NO_DATA", "COMPLETED")
 
 
 def test_diff_handles_duplicates_and_nulls_as_multisets(db):
@@ -415,6 +459,7 @@ def test_failing_table_is_suspended_after_three_failures_while_others_continue(d
     db.execute("SELECT pgtrickle.create_stream_table('fragile', 'SELECT 100 / x AS y FROM t', '1s')")
     db.execute("SELECT pgtrickle.create_stream_table('sturdy', 'SELECT count(*) AS n FROM t', '1s')")
     db.execute("INSERT INTO t VALUES (0)")
+    db.execute("LISTEN pg_trickle_alert")
     for expected_errors in (1, 2, 3):
         make_due(db)
         db.execute("SELECT pgtrickle.emulator_tick()")
@@ -423,6 +468,8 @@ def test_failing_table_is_suspended_after_three_failures_while_others_continue(d
         last = history(db, "fragile")[-1]
         assert last[1] == "FAILED" and "division by zero" in last[7]
     assert fragile.status == "SUSPENDED"
+    [alert] = [json.loads(n.payload) for n in db.notifies(timeout=0) if n.channel == "pg_trickle_alert"]
+    assert alert["event"] == "auto_suspended" and alert["pgt_name"] == "fragile"
     assert db.execute("SELECT n FROM sturdy").fetchone()[0] == 3  # the rest of the DAG kept refreshing
     assert {r.check_name: r.severity for r in pgtrickle.health_check(db)}["error_tables"] == "ERROR"
     make_due(db)
@@ -565,3 +612,36 @@ ORDER BY rh.start_time DESC LIMIT 20;""",
     ]
     for query in queries:
         assert db.execute(query).fetchall(), query
+
+
+def _history_scans(plan: dict) -> list[dict]:
+    found = [plan] if plan.get("Relation Name") == "pgt_refresh_history" else []
+    for child in plan.get("Plans", []):
+        found += _history_scans(child)
+    return found
+
+
+def test_refresh_efficiency_reads_bounded_index_ranges_of_a_long_history(db):
+    """No scan of the growing history: each per-table read is an index range of at most 100 rows, even when
+    the history is mostly NO_DATA and holds no DIFFERENTIAL row at all (the emulator never writes one)."""
+    db.execute("CREATE TABLE t (id int PRIMARY KEY, v int)")
+    db.execute("INSERT INTO t SELECT i, i FROM generate_series(1, 20) i")
+    for name in ("a", "b", "c"):
+        db.execute("SELECT pgtrickle.create_stream_table(%s, 'SELECT id, v FROM t', '1s')", (name,))
+    db.execute(
+        """INSERT INTO pgtrickle.pgt_refresh_history
+               (pgt_id, data_timestamp, start_time, end_time, action, rows_inserted, status, initiated_by)
+           SELECT st.pgt_id, now(), now() - g * interval '1 s', now() - g * interval '1 s' + interval '1 ms',
+                  CASE WHEN g % 50 = 0 THEN 'FULL' ELSE 'NO_DATA' END, CASE WHEN g % 50 = 0 THEN 1 ELSE 0 END,
+                  'COMPLETED', 'SCHEDULER'
+             FROM pgtrickle.pgt_stream_tables st, generate_series(1, 20000) g"""
+    )
+    db.execute("VACUUM ANALYZE pgtrickle.pgt_refresh_history")
+    [[plan]] = db.execute("EXPLAIN (ANALYZE, FORMAT JSON) SELECT * FROM pgtrickle.refresh_efficiency()").fetchone()
+    scans = _history_scans(plan["Plan"])
+    assert len(scans) == 3  # the DIFFERENTIAL, FULL and changed-rows reads
+    for scan in scans:
+        assert scan["Node Type"] in ("Index Scan", "Index Only Scan"), scan
+        assert scan.get("Rows Removed by Filter", 0) == 0, scan.get("Filter")
+        assert scan["Actual Rows"] <= 100, scan
+    assert {row.full_count for row in pgtrickle.refresh_efficiency(db)} == {1}  # stats count the emulator's own

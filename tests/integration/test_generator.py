@@ -368,3 +368,11 @@ def _answers(gen: GeneratorProcess, path: str) -> int | None:
         return gen.http("GET", path)[0]
     except (urllib.error.URLError, ConnectionError):
         return None
+
+
+def test_duration_also_bounds_waiting_for_an_unreachable_database():
+    nobody = f"postgresql://demo_writer:x@127.0.0.1:{free_port()}/ecommerce_demo"
+    with GeneratorProcess(nobody, "--rate 10 --duration 1") as gen:
+        assert gen.wait(10) == 0, gen.log_text()
+        assert "GENERATOR_DURATION reached before the database was ready" in gen.log_text()
+        assert gen.summary()["events_committed_total"] == 0
