@@ -570,11 +570,12 @@ def test_advisor_uses_only_measured_signals_with_the_reference_weights(db):
     db.execute("INSERT INTO t SELECT i, i FROM generate_series(1, 200) i")
     db.execute("ANALYZE t")
     db.execute("SELECT pgtrickle.create_stream_table('s', 'SELECT id, v FROM t', '1s', 'DIFFERENTIAL')")
-    db.execute("UPDATE t SET v = 0 WHERE id <= 2")  # pending: 2 of 200 source rows
+    db.execute("UPDATE t SET v = 0 WHERE id <= 2")  # pending: a D and an I row per updated row, 4 buffer rows
     [rec] = pgtrickle.recommend_refresh_mode(db, "s")
     signals = {s["name"]: s for s in rec.signals["signals"]}
     assert set(signals) == {"change_ratio_current", "change_ratio_avg", "target_size"}
-    assert rec.signals["change_ratio_current"] == pytest.approx(2 / 200)
+    # src/diagnostics.rs, gather_change_ratio: count(*) of the source's change buffer over its reltuples
+    assert rec.signals["change_ratio_current"] == pytest.approx(4 / 200)
     assert signals["change_ratio_current"] == {"name": "change_ratio_current", "score": 1.0, "weight": 0.25}
     assert signals["change_ratio_avg"]["weight"] == 0.10  # fewer than 10 history rows
     assert signals["change_ratio_avg"]["score"] == -1.0  # the initial fill changed every row
@@ -587,14 +588,19 @@ def test_advisor_uses_only_measured_signals_with_the_reference_weights(db):
 
 
 def test_change_buffer_sizes_counts_rows_not_yet_consumed(db):
+    """src/monitor/mod.rs, change_buffer_sizes: pending_rows is the buffer's n_live_tup (statistics, so the
+    writing session reports them first), buffer_bytes its relation size, source_table schema-qualified."""
     db.execute("CREATE TABLE t (v int)")
     db.execute("SELECT pgtrickle.create_stream_table('s', 'SELECT count(*) AS n FROM t', '1s')")
     db.execute("INSERT INTO t SELECT generate_series(1, 7)")
-    db.execute("UPDATE t SET v = v WHERE v <= 2")
-    [(pending,)] = db.execute("SELECT pending_rows FROM pgtrickle.change_buffer_sizes()").fetchall()
-    assert pending == 9
+    db.execute("UPDATE t SET v = v WHERE v <= 2")  # D+I: two buffer rows per updated row
+    db.execute("SELECT pg_stat_force_next_flush()")
+    [row] = db.execute("SELECT source_table, pending_rows, buffer_bytes FROM pgtrickle.change_buffer_sizes()").fetchall()
+    assert row[0] == "public.t" and row[1] == 7 + 2 * 2 and row[2] > 0
     db.execute("SELECT pgtrickle.refresh_stream_table('s')")
-    assert db.execute("SELECT pending_rows FROM pgtrickle.change_buffer_sizes()").fetchone()[0] == 0
+    db.execute("SELECT pg_stat_force_next_flush()")
+    pending, size = db.execute("SELECT pending_rows, buffer_bytes FROM pgtrickle.change_buffer_sizes()").fetchone()
+    assert pending == 0 and size > 0  # consumed; the (empty) buffer still has a size, never NULL
 
 
 def test_seed_generic_queries_run_unchanged(db):
