@@ -595,7 +595,9 @@ def test_change_buffer_sizes_counts_rows_not_yet_consumed(db):
     db.execute("INSERT INTO t SELECT generate_series(1, 7)")
     db.execute("UPDATE t SET v = v WHERE v <= 2")  # D+I: two buffer rows per updated row
     db.execute("SELECT pg_stat_force_next_flush()")
-    [row] = db.execute("SELECT source_table, pending_rows, buffer_bytes FROM pgtrickle.change_buffer_sizes()").fetchall()
+    [row] = db.execute(
+        "SELECT source_table, pending_rows, buffer_bytes FROM pgtrickle.change_buffer_sizes()"
+    ).fetchall()
     assert row[0] == "public.t" and row[1] == 7 + 2 * 2 and row[2] > 0
     db.execute("SELECT pgtrickle.refresh_stream_table('s')")
     db.execute("SELECT pg_stat_force_next_flush()")
