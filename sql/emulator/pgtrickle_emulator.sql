@@ -532,6 +532,29 @@ LANGUAGE sql IMMUTABLE STRICT AS $$
                 ELSE p_name END
 $$;
 
+-- The INSERT a capture trigger runs: rows of transition table p_transition into the buffer as p_action
+-- rows, the source's current columns matched by name with the buffer's (built when the trigger fires, so a
+-- renamed, added or dropped source column never breaks the source's writers; a column the buffer lacks is
+-- not captured). pk_hash hashes the primary key's values, or the whole row of a keyless source.
+CREATE FUNCTION pgtrickle.emulator_capture_sql(p_relid oid, p_buffer regclass, p_action text, p_transition text)
+RETURNS text
+LANGUAGE sql STABLE AS $$
+    SELECT format('INSERT INTO %s (lsn, action, pk_hash%s) SELECT pg_current_wal_insert_lsn(), %L, %s%s FROM %I t',
+                  p_buffer, coalesce(cols.names, ''), p_action,
+                  coalesce(keys.expr, 'hashtextextended(t::text, 0)'), coalesce(cols.vals, ''), p_transition)
+      FROM (SELECT string_agg(format(', %I', b.attname), '' ORDER BY a.attnum) AS names,
+                   string_agg(format(', t.%I', a.attname), '' ORDER BY a.attnum) AS vals
+              FROM pg_catalog.pg_attribute a
+              JOIN pg_catalog.pg_attribute b
+                ON b.attrelid = p_buffer AND b.attname = pgtrickle.emulator_cb_col_name(a.attname) AND NOT b.attisdropped
+             WHERE a.attrelid = p_relid AND a.attnum > 0 AND NOT a.attisdropped) cols,
+           (SELECT 'hashtextextended(ROW(' || string_agg(format('t.%I', a.attname), ', ' ORDER BY k.ord) || ')::text, 0)' AS expr
+              FROM pg_catalog.pg_constraint con
+              CROSS JOIN LATERAL unnest(con.conkey) WITH ORDINALITY k(attnum, ord)
+              JOIN pg_catalog.pg_attribute a ON a.attrelid = con.conrelid AND a.attnum = k.attnum
+             WHERE con.conrelid = p_relid AND con.contype = 'p') keys
+$$;
+
 -- Creates the change buffer of a plain source table and its capture triggers, as the calling role, the way
 -- pg_trickle does on its first stream table over that source (src/api/helpers.rs, setup_cdc_for_source;
 -- src/cdc/mod.rs, create_change_buffer_table and create_change_trigger): the buffer table
@@ -547,12 +570,8 @@ DECLARE
     buffer text;
     source text;
     col_defs text;
-    cb_cols text;
-    new_cols text;
-    old_cols text;
-    key_new text;
-    key_old text;
     bump text;
+    event record;
 BEGIN
     IF EXISTS (SELECT 1 FROM pgtrickle.pgt_change_tracking WHERE source_relid = p_relid) THEN
         UPDATE pgtrickle.pgt_change_tracking
@@ -564,23 +583,11 @@ BEGIN
     buffer := format('pgtrickle_changes.%I', 'changes_' || stable);
     SELECT format('%I.%I', n.nspname, c.relname) INTO source
       FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace WHERE c.oid = p_relid;
-    SELECT string_agg(format(', %I %s', pgtrickle.emulator_cb_col_name(a.attname), format_type(a.atttypid, a.atttypmod)), '' ORDER BY a.attnum),
-           string_agg(format(', %I', pgtrickle.emulator_cb_col_name(a.attname)), '' ORDER BY a.attnum),
-           string_agg(format(', n.%I', a.attname), '' ORDER BY a.attnum),
-           string_agg(format(', o.%I', a.attname), '' ORDER BY a.attnum)
-      INTO col_defs, cb_cols, new_cols, old_cols
+    SELECT string_agg(format(', %I %s', pgtrickle.emulator_cb_col_name(a.attname), format_type(a.atttypid, a.atttypmod)),
+                      '' ORDER BY a.attnum)
+      INTO col_defs
       FROM pg_catalog.pg_attribute a
      WHERE a.attrelid = p_relid AND a.attnum > 0 AND NOT a.attisdropped;
-    -- pk_hash: a hash of the primary key's values, or of the whole row for a keyless source.
-    SELECT 'hashtextextended(ROW(' || string_agg(format('n.%I', a.attname), ', ' ORDER BY k.ord) || ')::text, 0)',
-           'hashtextextended(ROW(' || string_agg(format('o.%I', a.attname), ', ' ORDER BY k.ord) || ')::text, 0)'
-      INTO key_new, key_old
-      FROM pg_catalog.pg_constraint con
-      CROSS JOIN LATERAL unnest(con.conkey) WITH ORDINALITY k(attnum, ord)
-      JOIN pg_catalog.pg_attribute a ON a.attrelid = con.conrelid AND a.attnum = k.attnum
-     WHERE con.conrelid = p_relid AND con.contype = 'p';
-    key_new := coalesce(key_new, 'hashtextextended(n::text, 0)');
-    key_old := coalesce(key_old, 'hashtextextended(o::text, 0)');
     EXECUTE format('CREATE TABLE %s (change_id bigserial, lsn pg_lsn NOT NULL, action char(1) NOT NULL, '
                    'pk_hash bigint, changed_cols varbit%s, __pgt_trace_context text)', buffer, coalesce(col_defs, ''));
     EXECUTE format('ALTER TABLE %s DISABLE ROW LEVEL SECURITY', buffer);
@@ -589,55 +596,38 @@ BEGIN
     -- The emulator's change sequence (what the scheduler compares with a stream table's frontier) is bumped
     -- first: its row lock orders concurrent writers, so change_ids are handed out in commit order.
     bump := format($b$
-        INSERT INTO pgtrickle.emulator_source_changes AS c (source_relid, change_seq, changed_rows)
-        VALUES (%s, 1, %%s)
-        ON CONFLICT (source_relid) DO UPDATE
-           SET change_seq = c.change_seq + 1, changed_rows = c.changed_rows + EXCLUDED.changed_rows;$b$, p_relid);
-    EXECUTE format($f$
-        CREATE FUNCTION pgtrickle_changes.%1$I() RETURNS trigger LANGUAGE plpgsql
-        SECURITY DEFINER SET search_path = pgtrickle_changes, pgtrickle, pg_catalog, pg_temp AS $body$
-        DECLARE pgt_cnt bigint;
-        BEGIN
-            SELECT count(*) INTO pgt_cnt FROM __pgt_new;
-            IF pgt_cnt > 0 THEN
-                %2$s
-                INSERT INTO %3$s (lsn, action, pk_hash%4$s)
-                SELECT pg_current_wal_insert_lsn(), 'I', %5$s%6$s FROM __pgt_new n;
-            END IF;
-            RETURN NULL;
-        END $body$ $f$, 'pg_trickle_cdc_ins_fn_' || stable, format(bump, 'pgt_cnt'), buffer, coalesce(cb_cols, ''),
-        key_new, coalesce(new_cols, ''));
-    EXECUTE format($f$
-        CREATE FUNCTION pgtrickle_changes.%1$I() RETURNS trigger LANGUAGE plpgsql
-        SECURITY DEFINER SET search_path = pgtrickle_changes, pgtrickle, pg_catalog, pg_temp AS $body$
-        DECLARE pgt_cnt bigint;
-        BEGIN
-            SELECT count(*) INTO pgt_cnt FROM __pgt_new;
-            IF pgt_cnt > 0 THEN
-                %2$s
-                -- An UPDATE is a D row (old values) and an I row (new values), pg_trickle's D+I schema.
-                INSERT INTO %3$s (lsn, action, pk_hash%4$s)
-                SELECT pg_current_wal_insert_lsn(), 'D', %5$s%6$s FROM __pgt_old o;
-                INSERT INTO %3$s (lsn, action, pk_hash%4$s)
-                SELECT pg_current_wal_insert_lsn(), 'I', %7$s%8$s FROM __pgt_new n;
-            END IF;
-            RETURN NULL;
-        END $body$ $f$, 'pg_trickle_cdc_upd_fn_' || stable, format(bump, 'pgt_cnt'), buffer, coalesce(cb_cols, ''),
-        key_old, coalesce(old_cols, ''), key_new, coalesce(new_cols, ''));
-    EXECUTE format($f$
-        CREATE FUNCTION pgtrickle_changes.%1$I() RETURNS trigger LANGUAGE plpgsql
-        SECURITY DEFINER SET search_path = pgtrickle_changes, pgtrickle, pg_catalog, pg_temp AS $body$
-        DECLARE pgt_cnt bigint;
-        BEGIN
-            SELECT count(*) INTO pgt_cnt FROM __pgt_old;
-            IF pgt_cnt > 0 THEN
-                %2$s
-                INSERT INTO %3$s (lsn, action, pk_hash%4$s)
-                SELECT pg_current_wal_insert_lsn(), 'D', %5$s%6$s FROM __pgt_old o;
-            END IF;
-            RETURN NULL;
-        END $body$ $f$, 'pg_trickle_cdc_del_fn_' || stable, format(bump, 'pgt_cnt'), buffer, coalesce(cb_cols, ''),
-        key_old, coalesce(old_cols, ''));
+            INSERT INTO pgtrickle.emulator_source_changes AS c (source_relid, change_seq, changed_rows)
+            VALUES (%s, 1, %%s)
+            ON CONFLICT (source_relid) DO UPDATE
+               SET change_seq = c.change_seq + 1, changed_rows = c.changed_rows + EXCLUDED.changed_rows;$b$, p_relid);
+    -- INSERT: I rows; UPDATE: a D row (old values) and an I row (new values), pg_trickle's D+I schema; DELETE: D rows.
+    FOR event IN SELECT * FROM (VALUES
+            ('ins', 'INSERT', 'REFERENCING NEW TABLE AS __pgt_new', '__pgt_new',
+             format('EXECUTE pgtrickle.emulator_capture_sql(TG_RELID, %L, ''I'', ''__pgt_new'');', buffer)),
+            ('upd', 'UPDATE', 'REFERENCING NEW TABLE AS __pgt_new OLD TABLE AS __pgt_old', '__pgt_new',
+             format('EXECUTE pgtrickle.emulator_capture_sql(TG_RELID, %L, ''D'', ''__pgt_old'');', buffer)
+             || format(' EXECUTE pgtrickle.emulator_capture_sql(TG_RELID, %L, ''I'', ''__pgt_new'');', buffer)),
+            ('del', 'DELETE', 'REFERENCING OLD TABLE AS __pgt_old', '__pgt_old',
+             format('EXECUTE pgtrickle.emulator_capture_sql(TG_RELID, %L, ''D'', ''__pgt_old'');', buffer)))
+            AS e(tag, verb, referencing, counted, capture)
+    LOOP
+        EXECUTE format($f$
+            CREATE FUNCTION pgtrickle_changes.%1$I() RETURNS trigger LANGUAGE plpgsql
+            SECURITY DEFINER SET search_path = pgtrickle_changes, pgtrickle, pg_catalog, pg_temp AS $body$
+            DECLARE pgt_cnt bigint;
+            BEGIN
+                SELECT count(*) INTO pgt_cnt FROM %2$I;
+                IF pgt_cnt > 0 THEN
+                    %3$s
+                    %4$s
+                END IF;
+                RETURN NULL;
+            END $body$ $f$, 'pg_trickle_cdc_' || event.tag || '_fn_' || stable, event.counted,
+            format(bump, 'pgt_cnt'), event.capture);
+        EXECUTE format('CREATE TRIGGER %I AFTER %s ON %s %s FOR EACH STATEMENT EXECUTE FUNCTION pgtrickle_changes.%I()',
+                       'pg_trickle_cdc_' || event.tag || '_' || stable, event.verb, source, event.referencing,
+                       'pg_trickle_cdc_' || event.tag || '_fn_' || stable);
+    END LOOP;
     EXECUTE format($f$
         CREATE FUNCTION pgtrickle_changes.%1$I() RETURNS trigger LANGUAGE plpgsql
         SECURITY DEFINER SET search_path = pgtrickle_changes, pgtrickle, pg_catalog, pg_temp AS $body$
@@ -646,15 +636,6 @@ BEGIN
             INSERT INTO %3$s (lsn, action) VALUES (pg_current_wal_lsn(), 'T');
             RETURN NULL;
         END $body$ $f$, 'pg_trickle_cdc_truncate_fn_' || stable, format(bump, '0'), buffer);
-    EXECUTE format('CREATE TRIGGER %I AFTER INSERT ON %s REFERENCING NEW TABLE AS __pgt_new '
-                   'FOR EACH STATEMENT EXECUTE FUNCTION pgtrickle_changes.%I()',
-                   'pg_trickle_cdc_ins_' || stable, source, 'pg_trickle_cdc_ins_fn_' || stable);
-    EXECUTE format('CREATE TRIGGER %I AFTER UPDATE ON %s REFERENCING NEW TABLE AS __pgt_new OLD TABLE AS __pgt_old '
-                   'FOR EACH STATEMENT EXECUTE FUNCTION pgtrickle_changes.%I()',
-                   'pg_trickle_cdc_upd_' || stable, source, 'pg_trickle_cdc_upd_fn_' || stable);
-    EXECUTE format('CREATE TRIGGER %I AFTER DELETE ON %s REFERENCING OLD TABLE AS __pgt_old '
-                   'FOR EACH STATEMENT EXECUTE FUNCTION pgtrickle_changes.%I()',
-                   'pg_trickle_cdc_del_' || stable, source, 'pg_trickle_cdc_del_fn_' || stable);
     EXECUTE format('CREATE TRIGGER %I AFTER TRUNCATE ON %s FOR EACH STATEMENT EXECUTE FUNCTION pgtrickle_changes.%I()',
                    'pg_trickle_cdc_truncate_' || stable, source, 'pg_trickle_cdc_truncate_fn_' || stable);
     INSERT INTO pgtrickle.pgt_change_tracking (source_relid, slot_name, source_stable_name, tracked_by_pgt_ids)
