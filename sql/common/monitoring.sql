@@ -12,7 +12,9 @@ CREATE OR REPLACE FUNCTION demo_monitor.recommend_refresh_mode(st_name text DEFA
 RETURNS TABLE (pgt_schema text, pgt_name text, current_mode text, effective_mode text, recommended_mode text,
                confidence text, reason text, signals jsonb)
 LANGUAGE sql STABLE SECURITY DEFINER
-SET search_path = pg_catalog, pg_temp
+-- `public` first so that a bare stream table name resolves as it does for the caller (the scenario's stream
+-- tables live there); only `demo` may create in `public`, and the function runs as `demo` anyway.
+SET search_path = public, pg_catalog, pg_temp
 AS $$
     SELECT r.pgt_schema, r.pgt_name, r.current_mode, r.effective_mode, r.recommended_mode, r.confidence,
            r.reason, r.signals
