@@ -247,6 +247,14 @@ def test_the_reader_runs_every_monitoring_read_of_the_dashboard_and_the_exporter
         families = {f.name for f in collector.collect()}
         assert "pg_trickle_change_buffer_pending_rows" in families
         assert sum(collector.errors.values()) == 0, collector.errors
+    app = create_app(load_config(dashboard_env(shop.reader_url, "ecommerce")))
+    try:
+        response = app.test_client().get("/api/snapshot")
+        assert response.status_code == 200
+        internals = response.get_json()["internals"]
+        assert internals["unavailable"] == {} and internals["advisor"] and internals["health"]
+    finally:
+        close_app(app)
 
 
 def _withhold_internals(admin_url: str) -> None:
