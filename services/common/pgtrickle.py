@@ -399,6 +399,50 @@ def change_buffer_sizes(conn: psycopg.Connection) -> list[ChangeBuffer]:
     )
 
 
+@dataclass(frozen=True)
+class SlotHealth:
+    """pgtrickle.slot_health(): one row per CDC source (trigger mode: the trigger, 0 bytes of WAL retained)."""
+
+    slot_name: str
+    source_relid: int
+    active: bool
+    retained_wal_bytes: int
+    wal_status: str
+
+
+def slot_health(conn: psycopg.Connection) -> list[SlotHealth]:
+    return _fetch(
+        conn,
+        SlotHealth,
+        "SELECT slot_name, source_relid, active, retained_wal_bytes, wal_status FROM pgtrickle.slot_health()",
+    )
+
+
+@dataclass(frozen=True)
+class WorkerPool:
+    """pgtrickle.worker_pool_status(): the dynamic refresh worker pool (src/monitor/health.rs)."""
+
+    active_workers: int
+    max_workers: int
+    parallel_mode: str
+
+
+def worker_pool_status(conn: psycopg.Connection) -> WorkerPool | None:
+    rows = _fetch(
+        conn, WorkerPool, "SELECT active_workers, max_workers, parallel_mode FROM pgtrickle.worker_pool_status()"
+    )
+    return rows[0] if rows else None
+
+
+def refresh_jobs_by_status(conn: psycopg.Connection) -> dict[str, int]:
+    """Queued and running scheduler jobs (pgtrickle.parallel_job_status(0): jobs finished 0 s ago drop out)."""
+    rows = conn.execute(
+        "SELECT status, count(*) FROM pgtrickle.parallel_job_status(0) WHERE status IN ('QUEUED', 'RUNNING')"
+        " GROUP BY status"
+    ).fetchall()
+    return {status: count for status, count in rows}
+
+
 def database_now(conn: psycopg.Connection) -> datetime:
     """The server's transaction time: ages are computed against it, never against a local clock."""
     return conn.execute("SELECT now()").fetchone()[0]
