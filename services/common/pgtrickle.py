@@ -404,7 +404,7 @@ class SlotHealth:
     """pgtrickle.slot_health(): one row per CDC source (trigger mode: the trigger, 0 bytes of WAL retained)."""
 
     slot_name: str
-    source_relid: int
+    source_table: str | None  # schema.table of source_relid (NULL if the table is gone)
     active: bool
     retained_wal_bytes: int
     wal_status: str
@@ -414,7 +414,12 @@ def slot_health(conn: psycopg.Connection) -> list[SlotHealth]:
     return _fetch(
         conn,
         SlotHealth,
-        "SELECT slot_name, source_relid, active, retained_wal_bytes, wal_status FROM pgtrickle.slot_health()",
+        """SELECT h.slot_name, format('%%I.%%I', n.nspname, c.relname) AS source_table, h.active,
+                  h.retained_wal_bytes, h.wal_status
+             FROM pgtrickle.slot_health() h
+             LEFT JOIN pg_catalog.pg_class c ON c.oid = h.source_relid::oid
+             LEFT JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+            ORDER BY 2""",
     )
 
 

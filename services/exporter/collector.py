@@ -46,6 +46,7 @@ _CHECK_NAME = re.compile(r"[a-z][a-z0-9_]{0,62}")
 MAX_HEALTH_CHECKS = 32
 MAX_SLOTS = 256
 JOB_STATUSES = ("QUEUED", "RUNNING")
+CDC_MODES = ("trigger", "wal", "transitioning")
 _SPEEDUP = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*x\s*$")
 
 
@@ -320,15 +321,16 @@ class PgTrickleCollector(Collector):
         retained = GaugeMetricFamily(
             "pg_trickle_slot_retained_wal_bytes",
             "WAL a pg_trickle CDC source retains (slot_health(); 0 for trigger-based capture)",
-            labels=["slot", "cdc_mode"],
+            labels=["source_table", "cdc_mode"],
         )
         seen: set[str] = set()
         for slot in slots:
-            # One row per CDC source, named by the engine (trigger or slot name): bounded by the sources.
-            if slot.slot_name in seen or len(seen) >= MAX_SLOTS:
+            # One row per CDC source table: the label is bounded by the scenario's source tables.
+            if slot.source_table is None or slot.source_table in seen or len(seen) >= MAX_SLOTS:
                 continue
-            seen.add(slot.slot_name)
-            retained.add_metric([slot.slot_name, slot.wal_status or ""], slot.retained_wal_bytes or 0)
+            seen.add(slot.source_table)
+            mode = slot.wal_status if slot.wal_status in CDC_MODES else "other"
+            retained.add_metric([slot.source_table, mode], slot.retained_wal_bytes or 0)
         metrics: list[Metric] = [retained]
         if pool is not None:
             active = GaugeMetricFamily(
