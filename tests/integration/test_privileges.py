@@ -196,6 +196,17 @@ def test_the_operator_reconciles_as_demo_within_the_privileges(shop):
         assert pgtrickle.find_stream_table(owner, "op_priv") is None
         assert buffer_of(owner, "op_priv_src") is None and capture_triggers(owner, "op_priv_src") == []
 
+    # Without its grant on pgtrickle_changes the operator reports a PermissionDenied condition naming the role
+    # and the schema, and nothing is half-created.
+    with psycopg.connect(shop.admin_url, autocommit=True) as admin:
+        admin.execute(sql.SQL("REVOKE CREATE ON SCHEMA {} FROM demo").format(sql.Identifier(CHANGES)))
+    with psycopg.connect(shop.owner_url, autocommit=True) as owner:
+        refused = reconcile.apply(owner, desired, managed=False)
+        assert refused.problem is not None and refused.problem.reason == "PermissionDenied"
+        assert "role demo" in refused.problem.message and CHANGES in refused.problem.message
+        assert not refused.problem.retryable
+        assert pgtrickle.find_stream_table(owner, "op_priv") is None and buffer_of(owner, "op_priv_src") is None
+
 
 def test_the_writers_changes_land_in_the_buffer_without_any_grant_there(shop):
     with psycopg.connect(shop.admin_url, autocommit=True) as admin:
