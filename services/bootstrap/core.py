@@ -312,7 +312,8 @@ class Bootstrap:
         if not db.execute("SELECT 1 FROM pg_namespace WHERE nspname = %s", (CHANGE_SCHEMA,)).fetchone():
             raise FatalError(
                 f"schema {CHANGE_SCHEMA} is missing from database {self.database}: the engine did not install"
-                " it (pg_trickle keeps its change buffers there); reinstall the engine"
+                " it (pg_trickle keeps its change buffers there); an emulator installed by an older bootstrap"
+                " lacks it: recreate the database"
             )
         changes = sql.Identifier(CHANGE_SCHEMA)
         db.execute(sql.SQL("GRANT USAGE, CREATE ON SCHEMA {} TO {}").format(changes, owner))
