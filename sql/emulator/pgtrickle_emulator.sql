@@ -1388,16 +1388,38 @@ SELECT i.pgt_id, i.pgt_schema, i.pgt_name, i.status, i.refresh_mode, i.is_popula
         SELECT h.action, h.status FROM pgtrickle.pgt_refresh_history h
          WHERE h.pgt_id = i.pgt_id ORDER BY h.start_time DESC LIMIT 1) last ON true;
 
+-- The rows a change buffer holds, for change_buffer_sizes(). pg_trickle reads the buffer's n_live_tup, which
+-- its scheduler (a background worker) keeps current by reporting statistics; the emulator's scheduler is one
+-- long procedure (emulator_run) whose deletes would reach the statistics only when it returns, so pending_rows
+-- would never fall. The emulator counts instead: SECURITY DEFINER (the buffers are closed to other roles, F51)
+-- and refused for any relation outside pgtrickle_changes, so it reveals no more than the engine's statistic.
+CREATE FUNCTION pgtrickle.emulator_buffer_rows(p_buffer oid) RETURNS bigint
+LANGUAGE plpgsql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    n bigint;
+BEGIN
+    IF p_buffer IS NULL THEN
+        RETURN 0;
+    END IF;
+    IF NOT EXISTS (SELECT 1 FROM pg_catalog.pg_class c
+                    WHERE c.oid = p_buffer AND c.relkind = 'r'
+                      AND c.relnamespace = 'pgtrickle_changes'::regnamespace) THEN
+        RAISE EXCEPTION 'relation % is not a change buffer', p_buffer USING ERRCODE = 'insufficient_privilege';
+    END IF;
+    EXECUTE format('SELECT count(*) FROM %s', p_buffer::regclass) INTO n;
+    RETURN n;
+END $$;
+
 CREATE FUNCTION pgtrickle.change_buffer_sizes()
 RETURNS TABLE (stream_table text, source_table text, source_oid bigint, cdc_mode text, pending_rows bigint,
                buffer_bytes bigint)
 LANGUAGE sql STABLE AS $$
     -- pg_trickle's query (src/monitor/mod.rs, change_buffer_sizes): catalog and statistics only, so any role
-    -- may call it without rights on pgtrickle_changes. pending_rows is the buffer's n_live_tup (statistics:
-    -- it follows the buffer once the writing session has reported them), buffer_bytes its total relation
-    -- size; a source without a buffer of its own (a stream table) shows 0 and 0.
+    -- may call it without rights on pgtrickle_changes. pending_rows is the buffer's row count (the engine's
+    -- n_live_tup; see emulator_buffer_rows), buffer_bytes its total relation size; a source without a buffer
+    -- of its own (a stream table) shows 0 and 0.
     SELECT st.pgt_schema || '.' || st.pgt_name, n.nspname::text || '.' || c.relname::text, d.source_relid::bigint,
-           d.cdc_mode, coalesce(s.n_live_tup, 0)::bigint, coalesce(pg_total_relation_size(cb.oid), 0)::bigint
+           d.cdc_mode, pgtrickle.emulator_buffer_rows(cb.oid), coalesce(pg_total_relation_size(cb.oid), 0)::bigint
       FROM pgtrickle.pgt_dependencies d
       JOIN pgtrickle.pgt_stream_tables st ON st.pgt_id = d.pgt_id
       JOIN pg_catalog.pg_class c ON c.oid = d.source_relid
@@ -1406,7 +1428,6 @@ LANGUAGE sql STABLE AS $$
       LEFT JOIN pg_catalog.pg_class cb
              ON cb.relname = 'changes_' || ct.source_stable_name
             AND cb.relnamespace = 'pgtrickle_changes'::regnamespace
-      LEFT JOIN pg_catalog.pg_stat_user_tables s ON s.relid = cb.oid
      ORDER BY 1, 2
 $$;
 

@@ -712,3 +712,27 @@ def test_a_buffer_shared_by_two_stream_tables_is_consumed_when_both_have_applied
         == 0
     )
     assert db.execute("SELECT count(*) FROM pg_trigger WHERE tgrelid = 't'::regclass").fetchone()[0] == 0
+
+
+ORDERS_BUFFERS = (
+    "SELECT stream_table, pending_rows FROM pgtrickle.change_buffer_sizes() WHERE source_table = 'public.orders'"
+)
+
+
+def test_buffer_row_counts_are_exact_and_reveal_nothing_but_buffers(demo_db):
+    """change_buffer_sizes().pending_rows follows the buffer at once (the emulator counts: its scheduler
+    procedure never reports statistics while it runs), and the counting helper refuses any relation outside
+    pgtrickle_changes, so it tells a reader no more than pg_trickle's n_live_tup would."""
+    db = demo_db("ecommerce")
+    with psycopg.connect(db.writer_url, autocommit=True) as writer:
+        writer.execute("INSERT INTO orders (customer_id, product_id, quantity, unit_price) VALUES (1, 1, 1, 1.0)")
+    with psycopg.connect(db.reader_url, autocommit=True) as reader:
+        pending = dict(reader.execute(ORDERS_BUFFERS).fetchall())
+        assert pending and all(rows >= 1 for rows in pending.values()), pending
+        with pytest.raises(psycopg.errors.InsufficientPrivilege, match="not a change buffer"):
+            reader.execute("SELECT pgtrickle.emulator_buffer_rows('public.orders'::regclass)")
+    with psycopg.connect(db.admin_url, autocommit=True) as admin:
+        admin.execute("UPDATE pgtrickle.pgt_stream_tables SET last_refresh_at = now() - interval '1 hour'")
+        admin.execute("SELECT pgtrickle.emulator_tick()")
+        after = dict(admin.execute(ORDERS_BUFFERS).fetchall())
+    assert set(after) == set(pending) and all(rows == 0 for rows in after.values()), after
