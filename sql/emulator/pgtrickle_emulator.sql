@@ -4,7 +4,8 @@
 -- names, argument names/order/defaults and catalog columns follow pg_trickle (0.67 / 0.108 common surface,
 -- see ../shared/reference/pg_trickle-api.md). Every refresh is a full recomputation whose row differences
 -- are applied to the stream table; everything reported is measured, and what cannot be measured is NULL.
--- pgtrickle.version() says "emulator". See README.md beside this file.
+-- pgtrickle.version() says "emulator". See README.md beside this file; CONFORMANCE.md lists each pg_trickle
+-- behaviour the project relies on, its source, its test, and whether the emulator does the same.
 
 CREATE SCHEMA pgtrickle;
 COMMENT ON SCHEMA pgtrickle IS 'pg_trickle emulator (full recomputation with row-level diff); not the real extension';

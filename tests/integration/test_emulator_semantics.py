@@ -208,6 +208,17 @@ REFERENCE_FUNCTIONS = {
             ("refresh_mode", "text"),
         ],
     ),
+    "diamond_groups": (
+        "pgtrickle.diamond_groups()",
+        [
+            ("group_id", "int4"),
+            ("member_name", "text"),
+            ("member_schema", "text"),
+            ("is_convergence", "bool"),
+            ("epoch", "int8"),
+            ("schedule_policy", "text"),
+        ],
+    ),
     "change_buffer_sizes": (
         "pgtrickle.change_buffer_sizes()",
         [
