@@ -1119,6 +1119,15 @@ BEGIN
                 'for paged TopK stream tables, or omit OFFSET to materialize the full result set.');
         END IF;
     END IF;
+    -- IMMEDIATE TopK: LIMIT above pg_trickle.ivm_topk_max_limit (default 1000) is refused.
+    IF is_topk AND mode = 'IMMEDIATE' THEN
+        IF lim > 1000 THEN
+            PERFORM pgtrickle.emulator_unsupported(format(
+                'ORDER BY + LIMIT %s (TopK) exceeds the IMMEDIATE mode threshold (pg_trickle.ivm_topk_max_limit = 1000). '
+                'TopK tables in IMMEDIATE mode recompute the top-K rows on every DML statement. Reduce LIMIT, raise '
+                'the threshold, or use ''DIFFERENTIAL'' mode for large TopK queries.', lim));
+        END IF;
+    END IF;
     -- reject_unsupported_constructs (the part the emulator can see): row locking.
     IF c.has_locking THEN
         IF p_is_auto THEN
@@ -1461,6 +1470,11 @@ BEGIN
     END IF;
     IF alter_stream_table.refresh_mode IS NOT NULL THEN
         IF target_mode <> old_mode THEN
+            IF target_mode = 'IMMEDIATE' AND st.topk_limit > 1000 THEN
+                PERFORM pgtrickle.emulator_unsupported(format(
+                    'Cannot switch TopK stream table (LIMIT %s) to IMMEDIATE mode. Exceeds pg_trickle.ivm_topk_max_limit = 1000. '
+                    'Raise the threshold or keep using DIFFERENTIAL/FULL mode.', st.topk_limit));
+            END IF;
             IF target_mode = 'IMMEDIATE' THEN
                 UPDATE pgtrickle.pgt_stream_tables s SET schedule = NULL WHERE s.pgt_id = st.pgt_id;
             ELSIF old_mode = 'IMMEDIATE' AND alter_stream_table.schedule IS NULL THEN

@@ -128,7 +128,9 @@ def test_order_by_limit_is_topk_in_the_catalog(engine):
 
 def test_topk_limit_and_offset_must_be_constants(engine):
     """src/dvm/parser/rewrites.rs detect_topk_pattern: a non-constant LIMIT or OFFSET is UnsupportedOperator
-    (0A000); a constant OFFSET is kept in topk_offset."""
+    (0A000); a constant OFFSET is kept in topk_offset; src/api/mod.rs validate_and_parse_query refuses an IMMEDIATE
+    TopK above pg_trickle.ivm_topk_max_limit (e2e_ivm_tests.rs::test_ivm_topk_immediate_within_threshold covers
+    the accepted side)."""
     db = engine.conn
     db.execute("CREATE TABLE pg_src (id int PRIMARY KEY)")
     db.execute("INSERT INTO pg_src SELECT generate_series(1, 10)")
@@ -136,6 +138,8 @@ def test_topk_limit_and_offset_must_be_constants(engine):
         create(db, "pg_st", "SELECT id FROM pg_src ORDER BY id LIMIT (SELECT 2)")
     with pytest.raises(errors.FeatureNotSupported, match="OFFSET in defining queries must be a constant integer"):
         create(db, "pg_st", "SELECT id FROM pg_src ORDER BY id LIMIT 2 OFFSET (SELECT 1)")
+    with pytest.raises(errors.FeatureNotSupported, match="ivm_topk_max_limit"):  # default 1000 (src/config.rs)
+        create(db, "pg_st", "SELECT id FROM pg_src ORDER BY id LIMIT 1001", schedule="calculated", mode="IMMEDIATE")
     create(db, "pg_st", "SELECT id FROM pg_src ORDER BY id LIMIT 3 OFFSET 2")
     st = catalog(db, "pg_st")
     assert (st["topk_limit"], st["topk_offset"]) == (3, 2)
