@@ -1489,7 +1489,7 @@ BEGIN
          WHERE s.pgt_id = st.pgt_id;
     END IF;
     IF new_status IS NOT NULL AND new_status NOT IN ('INITIALIZING', 'ACTIVE', 'SUSPENDED', 'ERROR') THEN
-        RAISE EXCEPTION 'invalid argument: invalid status: %', status
+        RAISE EXCEPTION 'invalid argument: unknown status: %', new_status  -- src/dag.rs StStatus::from_str
             USING ERRCODE = 'invalid_parameter_value';
     END IF;
     UPDATE pgtrickle.pgt_stream_tables s SET
