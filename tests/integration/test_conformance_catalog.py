@@ -146,6 +146,33 @@ def test_topk_limit_and_offset_must_be_constants(engine):
     assert [r[0] for r in db.execute("SELECT id FROM pg_st ORDER BY id")] == [3, 4, 5]
 
 
+def test_only_top_level_clauses_count(engine):
+    """src/dvm/parser/rewrites.rs reads the top-level SelectStmt: LIMIT inside a literal, a comment, a window or a
+    CTE is not the query's LIMIT; LIMIT on a set operation is refused (detect_topk_pattern skips set operations,
+    reject_limit_offset does not); FETCH FIRST n ROWS ONLY is a LIMIT (ports the assertions of
+    e2e_error_tests.rs::test_fetch_first_returns_unsupported_error for the unordered case)."""
+    db = engine.conn
+    db.execute("CREATE TABLE cl_src (id int PRIMARY KEY, label text)")
+    db.execute("INSERT INTO cl_src SELECT i, 'x' || i FROM generate_series(1, 6) i")
+    accepted = {
+        "cl_literal": "SELECT id, 'LIMIT 5' AS note FROM cl_src",
+        "cl_comment": "SELECT id FROM cl_src -- LIMIT 5\n",
+        "cl_window": "SELECT id, row_number() OVER (ORDER BY id) AS rn FROM cl_src",
+        "cl_cte": "WITH firsts AS (SELECT id FROM cl_src ORDER BY id LIMIT 2) SELECT id FROM firsts",
+    }
+    for name, query in accepted.items():
+        create(db, name, query, mode="FULL")
+        assert catalog(db, name)["is_topk"] is False, name
+    assert db.execute("SELECT count(*) FROM cl_cte").fetchone()[0] == 2
+    with pytest.raises(errors.FeatureNotSupported, match="LIMIT"):
+        create(db, "cl_union", "SELECT id FROM cl_src UNION ALL SELECT id FROM cl_src ORDER BY id LIMIT 3", mode="FULL")
+    with pytest.raises(errors.FeatureNotSupported, match="LIMIT"):
+        create(db, "cl_fetch", "SELECT id FROM cl_src FETCH FIRST 2 ROWS ONLY", mode="FULL")
+    create(db, "cl_fetch_topk", "SELECT id, label FROM cl_src ORDER BY id DESC FETCH FIRST 2 ROWS ONLY")
+    assert (catalog(db, "cl_fetch_topk")["is_topk"], catalog(db, "cl_fetch_topk")["topk_limit"]) == (True, 2)
+    assert [r[0] for r in db.execute("SELECT id FROM cl_fetch_topk ORDER BY id")] == [5, 6]
+
+
 def test_volatile_functions_and_operators_are_refused_in_differential_but_not_full(engine):
     """Ports e2e_error_tests.rs::test_volatile_function_rejected_in_differential_mode,
     test_volatile_operator_rejected_in_differential and test_volatile_operator_allowed_in_full_mode
