@@ -1656,39 +1656,51 @@ $$;
 
 CREATE FUNCTION pgtrickle.health_check() RETURNS TABLE (check_name text, severity text, detail text)
 LANGUAGE sql STABLE AS $$
+    -- src/monitor/health.rs health_check: its rows, severities and detail texts; names sorted.
     WITH counts AS (
         SELECT count(*) FILTER (WHERE status IN ('ERROR', 'SUSPENDED')) AS broken,
-               string_agg(pgt_schema || '.' || pgt_name, ', ') FILTER (WHERE status IN ('ERROR', 'SUSPENDED')) AS broken_names,
+               string_agg(pgt_schema || '.' || pgt_name, ', ' ORDER BY pgt_schema || '.' || pgt_name)
+                   FILTER (WHERE status IN ('ERROR', 'SUSPENDED')) AS broken_names,
                count(*) FILTER (WHERE stale) AS stale,
-               string_agg(pgt_schema || '.' || pgt_name, ', ') FILTER (WHERE stale) AS stale_names,
+               string_agg(pgt_schema || '.' || pgt_name, ', ' ORDER BY pgt_schema || '.' || pgt_name)
+                   FILTER (WHERE stale) AS stale_names,
                count(*) FILTER (WHERE needs_reinit) AS reinit,
+               string_agg(pgt_schema || '.' || pgt_name, ', ' ORDER BY pgt_schema || '.' || pgt_name)
+                   FILTER (WHERE needs_reinit) AS reinit_names,
                count(*) FILTER (WHERE consecutive_errors > 0 AND status NOT IN ('ERROR', 'SUSPENDED')) AS erroring,
-               string_agg(pgt_schema || '.' || pgt_name, ', ')
+               string_agg(pgt_schema || '.' || pgt_name, ', ' ORDER BY pgt_schema || '.' || pgt_name)
                    FILTER (WHERE consecutive_errors > 0 AND status NOT IN ('ERROR', 'SUSPENDED')) AS erroring_names
           FROM pgtrickle.stream_tables_info),
-    buffers AS (SELECT coalesce(max(pending_rows), 0) AS max_pending FROM pgtrickle.change_buffer_sizes())
+    buffers AS (
+        SELECT count(*) AS bloated,
+               string_agg(source_table || ' (' || pending_rows || ' pending)', ', ' ORDER BY pending_rows DESC) AS names
+          FROM pgtrickle.change_buffer_sizes() WHERE pending_rows > 10000)
     SELECT 'scheduler_running',
            CASE WHEN pgtrickle.emulator_scheduler_running() THEN 'OK' ELSE 'ERROR' END,
            CASE WHEN pgtrickle.emulator_scheduler_running() THEN 'emulator scheduler session is running'
                 ELSE 'emulator scheduler is not running (CALL pgtrickle.emulator_run() in a dedicated session)' END
     UNION ALL
     SELECT 'error_tables', CASE WHEN broken > 0 THEN 'ERROR' ELSE 'OK' END,
-           CASE WHEN broken > 0 THEN broken || ' stream table(s) in ERROR or SUSPENDED: ' || broken_names
-                ELSE 'no stream table in ERROR or SUSPENDED' END FROM counts
+           CASE WHEN broken > 0 THEN broken || ' stream table(s) in ERROR/SUSPENDED: ' || broken_names
+                ELSE 'All stream tables are ACTIVE or INITIALIZING' END FROM counts
     UNION ALL
     SELECT 'stale_tables', CASE WHEN stale > 0 THEN 'WARN' ELSE 'OK' END,
-           CASE WHEN stale > 0 THEN stale || ' stream table(s) behind schedule: ' || stale_names
-                ELSE 'every scheduled stream table is within its schedule' END FROM counts
+           CASE WHEN stale > 0 THEN stale || ' stale stream table(s) (scheduler behind its schedule): ' || stale_names
+                ELSE 'No stale stream tables' END FROM counts
     UNION ALL
     SELECT 'needs_reinit', CASE WHEN reinit > 0 THEN 'WARN' ELSE 'OK' END,
-           reinit || ' stream table(s) need reinitialisation' FROM counts
+           CASE WHEN reinit > 0 THEN reinit || ' stream table(s) need reinitialization (DDL change detected): ' || reinit_names
+                ELSE 'No stream tables awaiting reinitialization' END FROM counts
     UNION ALL
     SELECT 'consecutive_errors', CASE WHEN erroring > 0 THEN 'WARN' ELSE 'OK' END,
-           CASE WHEN erroring > 0 THEN 'failing but not yet suspended: ' || erroring_names
-                ELSE 'no consecutive errors' END FROM counts
+           CASE WHEN erroring > 0
+                THEN erroring || ' stream table(s) have consecutive errors (approaching auto-suspend): ' || erroring_names
+                ELSE 'No stream tables accumulating refresh errors' END FROM counts
     UNION ALL
-    SELECT 'buffer_growth', CASE WHEN max_pending > 10000 THEN 'WARN' ELSE 'OK' END,
-           'largest pending change count: ' || max_pending FROM buffers
+    SELECT 'buffer_growth', CASE WHEN bloated > 0 THEN 'WARN' ELSE 'OK' END,
+           CASE WHEN bloated > 0
+                THEN bloated || ' CDC buffer(s) exceeding 10 000 pending rows — differential refresh may be stalled: ' || names
+                ELSE 'All CDC buffers within normal range' END FROM buffers
     -- The rows 0.67 adds (src/monitor/health.rs health_check). The emulator captures changes with
     -- triggers (no replication slot), refreshes in one scheduler session (no worker pool, no job queue):
     -- each row says what the engine says when there is no such thing, and that it is the emulator.

@@ -489,8 +489,9 @@ def test_quick_health_counts_error_status_or_consecutive_errors(engine):
 
 
 def test_health_check_has_the_067_rows_in_order(engine):
-    """src/monitor/health.rs health_check: the 0.67 rows in order; worker_pool and job_queue appear with the
-    default pg_trickle.parallel_refresh_mode 'on'; attachment_owner_check is OK without publications."""
+    """src/monitor/health.rs health_check: the 0.67 rows in order and their detail texts; worker_pool and
+    job_queue appear with the default pg_trickle.parallel_refresh_mode 'on'; attachment_owner_check is OK
+    without publications."""
     db = engine.conn
     rows = db.execute("SELECT check_name, severity, detail FROM pgtrickle.health_check()").fetchall()
     assert [r[0] for r in rows] == [
@@ -507,6 +508,13 @@ def test_health_check_has_the_067_rows_in_order(engine):
     ]
     checks = {r[0]: r for r in rows}
     assert checks["slot_lag"][1] == "OK" and checks["job_queue"][1] == "OK"
+    assert checks["error_tables"][1:] == ("OK", "All stream tables are ACTIVE or INITIALIZING")
+    db.execute("CREATE TABLE hc_src (id int PRIMARY KEY)")
+    create(db, "hc_b", "SELECT id FROM hc_src")
+    create(db, "hc_a", "SELECT id FROM hc_src")
+    db.execute("UPDATE pgtrickle.pgt_stream_tables SET status = 'ERROR' WHERE pgt_name IN ('hc_a', 'hc_b')")
+    checks = {r[0]: r for r in db.execute("SELECT check_name, severity, detail FROM pgtrickle.health_check()")}
+    assert checks["error_tables"][1:] == ("ERROR", "2 stream table(s) in ERROR/SUSPENDED: public.hc_a, public.hc_b")
     assert checks["attachment_owner_check"][1:] == ("OK", "No outbox/publication ownership mismatches")
     if engine.emulator:  # figures it cannot measure are not invented: it says what it does not have
         assert "emulator" in checks["worker_pool"][2] and "emulator" in checks["slot_lag"][2]
