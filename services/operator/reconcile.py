@@ -90,7 +90,11 @@ def classify(exc: BaseException, role: str | None = None) -> Problem:
         return Problem("Timeout", _message(exc), retryable=True)
     if isinstance(exc, pgerrors.UndefinedTable):
         return Problem("DependencyMissing", f"{_message(exc)} (retrying until it exists)", retryable=True)
-    if isinstance(exc, pgerrors.DependentObjectsStillExist):
+    if isinstance(exc, pgerrors.DependentObjectsStillExist) or (
+        # pg_trickle refuses to drop a stream table others read with InvalidArgument (22023), not 2BP01
+        # (src/api/alter.rs drop_stream_table_impl_inner)
+        isinstance(exc, pgerrors.InvalidParameterValue) and "has dependent stream tables" in str(exc)
+    ):
         return Problem("DependentsExist", _message(exc), retryable=True)
     if isinstance(exc, pgerrors.InsufficientPrivilege):
         message = _message(exc) if role is None else f"role {role}: {_message(exc)}"

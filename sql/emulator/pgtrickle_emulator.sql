@@ -4,7 +4,8 @@
 -- names, argument names/order/defaults and catalog columns follow pg_trickle (0.67 / 0.108 common surface,
 -- see ../shared/reference/pg_trickle-api.md). Every refresh is a full recomputation whose row differences
 -- are applied to the stream table; everything reported is measured, and what cannot be measured is NULL.
--- pgtrickle.version() says "emulator". See README.md beside this file.
+-- pgtrickle.version() says "emulator". See README.md beside this file; CONFORMANCE.md lists each pg_trickle
+-- behaviour the project relies on, its source, its test, and whether the emulator does the same.
 
 CREATE SCHEMA pgtrickle;
 COMMENT ON SCHEMA pgtrickle IS 'pg_trickle emulator (full recomputation with row-level diff); not the real extension';
@@ -49,18 +50,34 @@ CREATE TABLE pgtrickle.pgt_stream_tables (
     max_delta_fraction         double precision,
     pooler_compatibility_mode  boolean NOT NULL DEFAULT false,
     refresh_tier               text NOT NULL DEFAULT 'hot' CHECK (refresh_tier IN ('hot', 'warm', 'cold', 'frozen')),
-    effective_refresh_mode     text CHECK (effective_refresh_mode IN ('FULL', 'DIFFERENTIAL', 'APPEND_ONLY', 'TOP_K', 'NO_DATA')),
+    effective_refresh_mode     text,  -- no CHECK in 0.67 (create writes FULL, DIFFERENTIAL, IMMEDIATE or TOP_K)
     fuse_mode                  text NOT NULL DEFAULT 'off' CHECK (fuse_mode IN ('off', 'on', 'auto')),
     fuse_state                 text NOT NULL DEFAULT 'armed' CHECK (fuse_state IN ('armed', 'blown', 'disabled')),
     fuse_ceiling               bigint,
     fuse_sensitivity           integer,
+    blown_at                   timestamptz,
+    blow_reason                text,
     last_error_message         text,
     last_error_at              timestamptz,
+    downstream_publication_name text,
+    freshness_deadline_ms      bigint,
+    st_partition_key           text,
+    st_placement               text NOT NULL DEFAULT 'local',
+    temporal_mode              boolean NOT NULL DEFAULT false,
+    storage_backend            text NOT NULL DEFAULT 'heap',
     post_refresh_action        text NOT NULL DEFAULT 'none'
                                CHECK (post_refresh_action IN ('none', 'analyze', 'reindex', 'reindex_if_drift')),
-    reindex_drift_threshold    double precision,
-    storage_backend            text NOT NULL DEFAULT 'heap',
-    st_partition_key           text,
+    reindex_drift_threshold    double precision
+                               CHECK (reindex_drift_threshold IS NULL OR (reindex_drift_threshold > 0 AND reindex_drift_threshold <= 1.0)),
+    rows_changed_since_last_reindex bigint NOT NULL DEFAULT 0,
+    last_reindex_at            timestamptz,
+    column_lineage             jsonb,
+    defining_query_hash        bigint NOT NULL DEFAULT 0,
+    ducklake_compaction_policy text DEFAULT NULL CHECK (ducklake_compaction_policy IN ('fallback', 'error')),
+    ducklake_sink_mode         text DEFAULT NULL
+                               CHECK (ducklake_sink_mode IS NULL OR ducklake_sink_mode IN ('append', 'replace')),
+    ducklake_sink_path         text DEFAULT NULL,
+    ducklake_sink_table_id     bigint DEFAULT NULL,
     created_at                 timestamptz NOT NULL DEFAULT now(),
     updated_at                 timestamptz NOT NULL DEFAULT now(),
     UNIQUE (pgt_schema, pgt_name)
@@ -218,77 +235,168 @@ BEGIN
     RETURN st;
 END $$;
 
--- Schedule text -> seconds. NULL for 'calculated' and cron; errors like pg_trickle for bad input.
+-- Schedule text -> seconds, as src/api/helpers.rs parse_duration: a bare integer is seconds, else
+-- <n><unit>... with the units s, m, h, d, w (case-sensitive). NULL for NULL, 'calculated' and cron
+-- (anything starting with '@' or containing a space). Errors are pg_trickle's InvalidArgument (22023).
 CREATE FUNCTION pgtrickle.emulator_schedule_seconds(p_schedule text) RETURNS double precision
 LANGUAGE plpgsql IMMUTABLE AS $$
 DECLARE
-    s text := lower(btrim(p_schedule));
+    s text := btrim(p_schedule, E' \t\n\r\f');
     total double precision := 0;
     m text[];
 BEGIN
-    IF p_schedule IS NULL THEN
+    IF p_schedule IS NULL OR lower(s) = 'calculated' OR s LIKE '@%' OR s LIKE '% %' THEN
         RETURN NULL;
     END IF;
-    IF s = 'calculated' OR s LIKE '@%' OR s LIKE '% %' THEN
-        RETURN NULL;
+    IF s = '' THEN
+        RAISE EXCEPTION 'invalid argument: schedule cannot be empty' USING ERRCODE = 'invalid_parameter_value';
     END IF;
-    IF s ~ '^[0-9]+$' THEN
+    IF s ~ '^[+-]?[0-9]+$' THEN
+        IF s LIKE '-%' THEN
+            RAISE EXCEPTION 'invalid argument: schedule cannot be negative: ''%''', s
+                USING ERRCODE = 'invalid_parameter_value';
+        END IF;
         RETURN s::double precision;
     END IF;
-    IF s !~ '^([0-9]+(s|m|h|d|w))+$' THEN
-        RAISE EXCEPTION 'invalid schedule "%": use a duration such as ''1s'', ''5m'', ''1h30m'', ''calculated'' or a cron expression', p_schedule
+    m := regexp_match(s, '[^0-9smhdw]');
+    IF m IS NOT NULL THEN
+        RAISE EXCEPTION 'invalid argument: invalid duration unit ''%'' in ''%''. Use s (seconds), m (minutes), h (hours), d (days), w (weeks). Example: ''5m'', ''1h30m'', ''2d''', m[1], s
             USING ERRCODE = 'invalid_parameter_value';
     END IF;
-    FOR m IN SELECT regexp_matches(s, '([0-9]+)(s|m|h|d|w)', 'g') LOOP
+    m := regexp_match(s, '(^|[smhdw])([smhdw])');
+    IF m IS NOT NULL THEN
+        RAISE EXCEPTION 'invalid argument: expected a number before ''%'' in duration ''%''', m[2], s
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    m := regexp_match(s, '([0-9]+)$');
+    IF m IS NOT NULL THEN
+        RAISE EXCEPTION 'invalid argument: trailing digits ''%'' without a unit in duration ''%''. Append s, m, h, d, or w. Example: ''1h30m''', m[1], s
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    FOR m IN SELECT regexp_matches(s, '([0-9]+)([smhdw])', 'g') LOOP
         total := total + m[1]::double precision * CASE m[2]
             WHEN 's' THEN 1 WHEN 'm' THEN 60 WHEN 'h' THEN 3600 WHEN 'd' THEN 86400 ELSE 604800 END;
     END LOOP;
     RETURN total;
 END $$;
 
--- Validates a schedule and returns what the catalog stores (NULL = calculated).
+-- A cron expression as src/api/helpers.rs validate_cron accepts it: 5 or 6 fields (or an @ nickname),
+-- each field checked for its range (croner's grammar: *, ?, n, n-m, x/step, lists, month and weekday
+-- names, L/W/# in the day fields).
+CREATE FUNCTION pgtrickle.emulator_validate_cron(p_expr text) RETURNS void
+LANGUAGE plpgsql IMMUTABLE AS $$
+DECLARE
+    fields text[];
+    names text[] := ARRAY['second', 'minute', 'hour', 'day of month', 'month', 'day of week'];
+    lows integer[] := ARRAY[0, 0, 0, 1, 1, 0];
+    highs integer[] := ARRAY[59, 59, 23, 31, 12, 7];
+    offset_ integer;
+    i integer;
+    k integer;
+    item text;
+    part text;
+    field text;
+    v text;
+    problem text;
+BEGIN
+    IF p_expr LIKE '@%' THEN
+        IF lower(p_expr) NOT IN ('@yearly', '@annually', '@monthly', '@weekly', '@daily', '@midnight', '@hourly') THEN
+            problem := 'unknown nickname ' || p_expr;
+        END IF;
+    ELSE
+        fields := regexp_split_to_array(btrim(p_expr), '\s+');
+        IF array_length(fields, 1) NOT IN (5, 6) THEN
+            RAISE EXCEPTION 'invalid argument: invalid cron expression ''%'': expected 5 or 6 fields, got %', p_expr, array_length(fields, 1)
+                USING ERRCODE = 'invalid_parameter_value';
+        END IF;
+        offset_ := 7 - array_length(fields, 1);  -- 5 fields start at "minute"
+        FOR i IN 1 .. array_length(fields, 1) LOOP
+            k := i + offset_ - 1;
+            field := upper(fields[i]);
+            IF k = 5 THEN
+                field := regexp_replace(field, '\m(JAN|FEB|MAR|APR|MAY|JUN|JUL|AUG|SEP|OCT|NOV|DEC)\M', '1', 'g');
+            ELSIF k = 6 THEN
+                field := regexp_replace(field, '\m(SUN|MON|TUE|WED|THU|FRI|SAT)\M', '1', 'g');
+            END IF;
+            FOREACH item IN ARRAY string_to_array(field, ',') LOOP
+                part := item;
+                IF part ~ '/' THEN
+                    IF split_part(part, '/', 2) !~ '^[0-9]+$' OR split_part(part, '/', 2)::integer = 0 THEN
+                        problem := format('invalid step in %s field: %s', names[k], fields[i]);
+                    END IF;
+                    part := split_part(part, '/', 1);
+                END IF;
+                IF part IN ('*') OR (part = '?' AND k IN (4, 6)) OR (part = 'L' AND k = 4) THEN
+                    CONTINUE;
+                END IF;
+                IF k = 4 THEN
+                    part := regexp_replace(part, '^([0-9]+)W$', '\1');
+                ELSIF k = 6 THEN
+                    part := regexp_replace(regexp_replace(part, '^([0-9]+)L$', '\1'), '^([0-9]+)#[1-5]$', '\1');
+                END IF;
+                IF part !~ '^[0-9]+(-[0-9]+)?$' THEN
+                    problem := coalesce(problem, format('invalid %s field: %s', names[k], fields[i]));
+                    CONTINUE;
+                END IF;
+                FOREACH v IN ARRAY string_to_array(part, '-') LOOP
+                    IF length(v) > 9 OR v::integer < lows[k] OR v::integer > highs[k] THEN
+                        problem := coalesce(problem, format('%s field value %s out of range %s-%s', names[k], v, lows[k], highs[k]));
+                    END IF;
+                END LOOP;
+            END LOOP;
+        END LOOP;
+    END IF;
+    IF problem IS NOT NULL THEN
+        RAISE EXCEPTION 'invalid argument: invalid cron expression ''%'': %', p_expr, problem
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+END $$;
+
+-- Validates a schedule and returns what the catalog stores (NULL = calculated), as
+-- src/api/alter.rs create_stream_table_impl + src/api/helpers.rs parse_schedule.
 CREATE FUNCTION pgtrickle.emulator_normalize_schedule(p_schedule text) RETURNS text
 LANGUAGE plpgsql IMMUTABLE AS $$
 DECLARE
-    s text := btrim(p_schedule);
+    s text := btrim(p_schedule, E' \t\n\r\f');
     seconds double precision;
 BEGIN
     IF p_schedule IS NULL THEN
-        RAISE EXCEPTION 'schedule must not be NULL: use ''calculated'' to refresh when upstream data changes'
+        RAISE EXCEPTION 'invalid argument: use ''calculated'' instead of NULL to set CALCULATED schedule'
             USING ERRCODE = 'invalid_parameter_value';
     END IF;
     IF lower(s) = 'calculated' THEN
         RETURN NULL;
     END IF;
+    IF s = '' THEN
+        RAISE EXCEPTION 'invalid argument: schedule cannot be empty' USING ERRCODE = 'invalid_parameter_value';
+    END IF;
     IF s LIKE '@%' OR s LIKE '% %' THEN
-        IF s NOT LIKE '@%' AND array_length(regexp_split_to_array(s, '\s+'), 1) NOT IN (5, 6) THEN
-            RAISE EXCEPTION 'invalid cron schedule "%": expected 5 or 6 fields', p_schedule
-                USING ERRCODE = 'invalid_parameter_value';
-        END IF;
+        PERFORM pgtrickle.emulator_validate_cron(s);
         RETURN s;
     END IF;
     seconds := pgtrickle.emulator_schedule_seconds(s);
-    IF seconds < 1 THEN
-        RAISE EXCEPTION 'schedule "%" is shorter than pg_trickle.min_schedule_seconds (1)', p_schedule
+    IF seconds < 1 THEN  -- pg_trickle.min_schedule_seconds (default 1)
+        RAISE EXCEPTION 'invalid argument: schedule must be at least 1s, got %s', seconds
             USING ERRCODE = 'invalid_parameter_value';
     END IF;
     RETURN s;
 END $$;
 
+-- The requested mode as src/dag.rs RefreshMode::from_str reads it (upper-cased, not trimmed;
+-- INCREMENTAL is DIFFERENTIAL). AUTO is returned as 'AUTO': create_stream_table resolves it.
 CREATE FUNCTION pgtrickle.emulator_normalize_mode(p_mode text) RETURNS text
 LANGUAGE plpgsql IMMUTABLE AS $$
 DECLARE
-    m text := upper(btrim(coalesce(p_mode, 'AUTO')));
+    m text := upper(coalesce(p_mode, 'AUTO'));
 BEGIN
     IF m = 'INCREMENTAL' THEN
         m := 'DIFFERENTIAL';
     END IF;
     IF m NOT IN ('AUTO', 'FULL', 'DIFFERENTIAL', 'IMMEDIATE') THEN
-        RAISE EXCEPTION 'invalid refresh_mode "%": use AUTO, FULL, DIFFERENTIAL or IMMEDIATE', p_mode
+        RAISE EXCEPTION 'invalid argument: unknown refresh mode: %. Must be ''AUTO'', ''FULL'', ''DIFFERENTIAL'', or ''IMMEDIATE''', m
             USING ERRCODE = 'invalid_parameter_value';
     END IF;
-    -- The emulator does not analyse differentiability: AUTO resolves to DIFFERENTIAL (see README).
-    RETURN CASE m WHEN 'AUTO' THEN 'DIFFERENTIAL' ELSE m END;
+    RETURN m;
 END $$;
 
 CREATE FUNCTION pgtrickle.emulator_check_choice(p_param text, p_value text, p_allowed text[]) RETURNS text
@@ -762,16 +870,18 @@ DECLARE
     cols text;
     stored_cols text;
     wanted_cols text;
+    query_cols text;  -- the query's columns in storage order (the key compares like with like)
 BEGIN
     SELECT * INTO STRICT st FROM pgtrickle.pgt_stream_tables WHERE pgt_id = p_pgt_id;
     target := format('%I.%I', st.pgt_schema, st.pgt_name);
     SELECT array_to_string(c, ', '), array_to_string(array(SELECT 's.' || x FROM unnest(c) x), ', '),
-           array_to_string(array(SELECT 'w.' || x FROM unnest(c) x), ', ')
-      INTO cols, stored_cols, wanted_cols
+           array_to_string(array(SELECT 'w.' || x FROM unnest(c) x), ', '),
+           array_to_string(array(SELECT 'q.' || x FROM unnest(c) x), ', ')
+      INTO cols, stored_cols, wanted_cols, query_cols
       FROM pgtrickle.emulator_columns(st.pgt_relid) c;
     EXECUTE format($q$
         WITH wanted AS (
-                 SELECT q.*, q::text AS __pgt_key FROM (%1$s) q),
+                 SELECT q.*, ROW(%6$s)::text AS __pgt_key FROM (%1$s) q),
              wanted_n AS (
                  SELECT w.*, row_number() OVER (PARTITION BY w.__pgt_key) AS __pgt_n FROM wanted w),
              stored_n AS (
@@ -790,7 +900,7 @@ BEGIN
                   WHERE s.__pgt_key IS NULL
                  RETURNING 1)
         SELECT (SELECT count(*) FROM inserted), (SELECT count(*) FROM deleted)
-    $q$, st.defining_query, target, stored_cols, wanted_cols, cols)
+    $q$, pgtrickle.emulator_refresh_query(st.pgt_id), target, stored_cols, wanted_cols, cols, query_cols)
     INTO rows_inserted, rows_deleted;
 END $$;
 
@@ -872,7 +982,8 @@ BEGIN
     UPDATE pgtrickle.pgt_stream_tables
        SET is_populated = true, consecutive_errors = 0, frontier = consumed, last_refresh_at = finished,
            data_timestamp = CASE WHEN ins + del > 0 OR data_timestamp IS NULL THEN h.start_time ELSE data_timestamp END,
-           last_full_ms = elapsed_ms, effective_refresh_mode = 'FULL',
+           last_full_ms = elapsed_ms,
+           effective_refresh_mode = CASE WHEN topk_limit IS NOT NULL THEN 'TOP_K' ELSE 'FULL' END,
            status = CASE WHEN status = 'INITIALIZING' THEN 'ACTIVE' ELSE status END, updated_at = finished
      WHERE pgt_id = h.pgt_id;
     PERFORM pgtrickle.emulator_consume_buffers(h.pgt_id);
@@ -1076,6 +1187,369 @@ BEGIN
 END $$;
 
 -- ---------------------------------------------------------------------------------------------------
+-- Query validation as pg_trickle 0.67 (src/api/mod.rs validate_and_parse_query,
+-- src/dvm/parser/rewrites.rs detect_topk_pattern / reject_limit_offset / reject_materialized_views /
+-- reject_unsupported_constructs, src/dvm/parser/validation.rs volatility). pg_trickle reads the raw parse
+-- tree; the emulator reads the top level of the query text (everything inside parentheses, literals,
+-- quoted identifiers and comments masked) and the analysed query tree of the probe view.
+-- ---------------------------------------------------------------------------------------------------
+-- The query with every character that is not at the top level (inside parentheses, string literals,
+-- quoted identifiers, dollar quotes, comments) replaced by a space, ASCII letters upper-cased: the same
+-- length as the query, so positions found in it index the query itself.
+CREATE FUNCTION pgtrickle.emulator_top_level_mask(p_query text) RETURNS text
+LANGUAGE plpgsql IMMUTABLE AS $$
+DECLARE
+    n integer := length(p_query);
+    chars text[] := regexp_split_to_array(p_query, '');
+    i integer := 1;
+    j integer;
+    depth integer := 0;
+    c text;
+    tag text;
+    backslash boolean;
+BEGIN
+    WHILE i <= n LOOP
+        c := chars[i];
+        IF c = '''' THEN
+            backslash := i > 1 AND chars[i - 1] IN ('E', 'e') AND (i = 2 OR chars[i - 2] !~ '[A-Za-z0-9_]');
+            j := i + 1;
+            WHILE j <= n LOOP
+                IF backslash AND chars[j] = E'\\' THEN
+                    j := j + 2;
+                    CONTINUE;
+                END IF;
+                IF chars[j] = '''' THEN
+                    IF j < n AND chars[j + 1] = '''' THEN
+                        j := j + 2;
+                        CONTINUE;
+                    END IF;
+                    EXIT;
+                END IF;
+                j := j + 1;
+            END LOOP;
+        ELSIF c = '"' THEN
+            j := i + 1;
+            WHILE j <= n LOOP
+                IF chars[j] = '"' THEN
+                    IF j < n AND chars[j + 1] = '"' THEN
+                        j := j + 2;
+                        CONTINUE;
+                    END IF;
+                    EXIT;
+                END IF;
+                j := j + 1;
+            END LOOP;
+        ELSIF c = '-' AND i < n AND chars[i + 1] = '-' THEN
+            j := i;
+            WHILE j <= n AND chars[j] <> E'\n' LOOP
+                j := j + 1;
+            END LOOP;
+        ELSIF c = '/' AND i < n AND chars[i + 1] = '*' THEN
+            j := strpos(substr(p_query, i + 2), '*/');
+            j := CASE WHEN j = 0 THEN n ELSE i + j + 2 END;
+        ELSIF c = '$' AND (i = 1 OR chars[i - 1] !~ '[A-Za-z0-9_$]')
+              AND substr(p_query, i) ~ '^\$([A-Za-z_][A-Za-z0-9_]*)?\$' THEN
+            tag := substring(substr(p_query, i) FROM '^(\$([A-Za-z_][A-Za-z0-9_]*)?\$)');
+            j := strpos(substr(p_query, i + length(tag)), tag);
+            j := CASE WHEN j = 0 THEN n ELSE i + length(tag) + j + length(tag) - 2 END;
+        ELSE
+            IF c = '(' THEN
+                depth := depth + 1;
+            END IF;
+            IF depth > 0 THEN
+                chars[i] := ' ';
+            END IF;
+            IF c = ')' THEN
+                depth := greatest(depth - 1, 0);
+            END IF;
+            i := i + 1;
+            CONTINUE;
+        END IF;
+        FOR k IN i .. least(j, n) LOOP
+            chars[k] := ' ';
+        END LOOP;
+        i := j + 1;
+    END LOOP;
+    RETURN translate(array_to_string(chars, ''), 'abcdefghijklmnopqrstuvwxyz', 'ABCDEFGHIJKLMNOPQRSTUVWXYZ');
+END $$;
+
+-- The top-level clauses pg_trickle looks at: set operation, last ORDER BY, LIMIT / FETCH, OFFSET,
+-- FOR UPDATE/SHARE, and the query with ORDER BY ... stripped (src/dvm/parser/rewrites.rs
+-- strip_order_by_and_limit: from the last top-level ORDER BY to the end).
+CREATE FUNCTION pgtrickle.emulator_query_clauses(
+    p_query text, OUT has_set_operation boolean, OUT order_by text, OUT limit_value text, OUT offset_value text,
+    OUT has_locking boolean, OUT base_query text)
+LANGUAGE plpgsql IMMUTABLE AS $$
+DECLARE
+    q text := rtrim(btrim(p_query, E' \t\n\r\f'), E'; \t\n\r\f');
+    m text := pgtrickle.emulator_top_level_mask(q);
+    order_at integer := 0;
+    limit_at integer := 0;
+    offset_at integer := 0;
+    fetch_at integer := 0;
+    for_at integer := 0;
+    ends integer[];
+    stop integer;
+    fetched text[];
+BEGIN
+    has_set_operation := m ~ '\m(UNION|INTERSECT|EXCEPT)\M';
+    has_locking := m ~ '\mFOR\s+(UPDATE|SHARE|NO\s+KEY\s+UPDATE|KEY\s+SHARE)\M';
+    IF regexp_count(m, '\mORDER\s+BY\M') > 0 THEN
+        order_at := regexp_instr(m, '\mORDER\s+BY\M', 1, regexp_count(m, '\mORDER\s+BY\M'));
+    END IF;
+    IF regexp_count(m, '\mLIMIT\M') > 0 THEN
+        limit_at := regexp_instr(m, '\mLIMIT\M', 1, regexp_count(m, '\mLIMIT\M'));
+    END IF;
+    IF regexp_count(m, '\mOFFSET\M') > 0 THEN
+        offset_at := regexp_instr(m, '\mOFFSET\M', 1, regexp_count(m, '\mOFFSET\M'));
+    END IF;
+    IF regexp_count(m, '\mFETCH\s+(FIRST|NEXT)\M') > 0 THEN
+        fetch_at := regexp_instr(m, '\mFETCH\s+(FIRST|NEXT)\M', 1, regexp_count(m, '\mFETCH\s+(FIRST|NEXT)\M'));
+    END IF;
+    IF has_locking THEN
+        for_at := regexp_instr(m, '\mFOR\s+(UPDATE|SHARE|NO\s+KEY\s+UPDATE|KEY\s+SHARE)\M');
+    END IF;
+    ends := ARRAY[order_at, limit_at, offset_at, fetch_at, for_at, length(q) + 1];
+    IF order_at > 0 THEN
+        SELECT min(e) INTO stop FROM unnest(ends) e WHERE e > order_at;
+        order_by := regexp_replace(btrim(substr(q, order_at, stop - order_at)), '^ORDER\s+BY\s+', '', 'i');
+        order_by := regexp_replace(order_by, '\s+', ' ', 'g');
+        base_query := rtrim(substr(q, 1, order_at - 1), E' \t\n\r\f');
+    ELSE
+        base_query := q;
+    END IF;
+    IF limit_at > 0 THEN
+        SELECT min(e) INTO stop FROM unnest(ends) e WHERE e > limit_at;
+        limit_value := btrim(substr(q, limit_at + 5, stop - limit_at - 5), E' \t\n\r\f');
+    ELSIF fetch_at > 0 THEN
+        SELECT min(e) INTO stop FROM unnest(ends) e WHERE e > fetch_at;
+        fetched := regexp_match(substr(q, fetch_at, stop - fetch_at),
+                                '^FETCH\s+(?:FIRST|NEXT)\s+(.*?)\s*ROWS?\s+(?:ONLY|WITH\s+TIES)\s*$', 'i');
+        limit_value := coalesce(nullif(fetched[1], ''), '1');
+    END IF;
+    IF offset_at > 0 THEN
+        SELECT min(e) INTO stop FROM unnest(ends) e WHERE e > offset_at;
+        offset_value := regexp_replace(btrim(substr(q, offset_at + 6, stop - offset_at - 6), E' \t\n\r\f'),
+                                       '\s+ROWS?$', '', 'i');
+    END IF;
+END $$;
+
+-- An integer constant as the raw parser sees one (A_Const, or a TypeCast of one), else NULL.
+CREATE FUNCTION pgtrickle.emulator_const_int(p_text text) RETURNS bigint
+LANGUAGE sql IMMUTABLE AS $$
+    SELECT CASE WHEN p_text ~ '^-?\s*[0-9]{1,18}(\s*::\s*[A-Za-z_ ]+)?$'
+                THEN replace(substring(p_text FROM '^(-?\s*[0-9]+)'), ' ', '')::bigint END
+$$;
+
+-- pg_trickle's UnsupportedOperator error (src/api/mod.rs raise_error_with_context: 0A000).
+CREATE FUNCTION pgtrickle.emulator_unsupported(p_message text) RETURNS void
+LANGUAGE plpgsql IMMUTABLE AS $$
+BEGIN
+    RAISE EXCEPTION 'unsupported operator for DIFFERENTIAL mode: %', p_message
+        USING ERRCODE = 'feature_not_supported',
+              DETAIL = 'DIFFERENTIAL mode supports SELECT, WHERE, simple JOINs (INNER/LEFT/RIGHT), GROUP BY, HAVING, '
+                       'ORDER BY, and LIMIT. CTEs (WITH …), FULL OUTER JOINs, window functions without a writable '
+                       'equivalent, and certain aggregate forms are not supported.',
+              HINT = 'Use refresh_mode = ''FULL'' or refresh_mode = ''AUTO'' to handle queries that contain unsupported '
+                     'constructs. AUTO will try DIFFERENTIAL first and fall back to FULL when needed.';
+END $$;
+
+-- Volatile functions (and operators' functions) the analysed query of a view calls, following the views
+-- it reads (pg_trickle inlines views): names, sorted; empty when none.
+CREATE FUNCTION pgtrickle.emulator_volatile_functions(p_view oid) RETURNS text[]
+LANGUAGE sql STABLE AS $$
+    WITH RECURSIVE views(relid) AS (
+        SELECT p_view
+        UNION
+        SELECT d.refobjid
+          FROM views v
+          JOIN pg_catalog.pg_rewrite r ON r.ev_class = v.relid
+          JOIN pg_catalog.pg_depend d ON d.classid = 'pg_catalog.pg_rewrite'::regclass AND d.objid = r.oid
+                                     AND d.refclassid = 'pg_catalog.pg_class'::regclass
+          JOIN pg_catalog.pg_class c ON c.oid = d.refobjid AND c.relkind = 'v'
+         WHERE d.refobjid <> v.relid
+    ),
+    called AS (
+        SELECT (regexp_matches(r.ev_action::text, ':(?:funcid|opfuncid|aggfnoid|winfnoid) ([0-9]+)', 'g'))[1]::oid AS fn
+          FROM views v JOIN pg_catalog.pg_rewrite r ON r.ev_class = v.relid
+    )
+    SELECT coalesce(array_agg(DISTINCT p.proname::text ORDER BY p.proname::text), '{}')
+      FROM called JOIN pg_catalog.pg_proc p ON p.oid = called.fn
+     WHERE p.provolatile = 'v'
+$$;
+
+-- Validates a defining query as validate_and_parse_query does and returns the refresh mode to store
+-- (AUTO resolved) and the TopK split. p_mode is FULL, DIFFERENTIAL or IMMEDIATE (AUTO arrives as
+-- DIFFERENTIAL with p_is_auto). p_probe is the query as a temporary view (already validated by PostgreSQL).
+CREATE FUNCTION pgtrickle.emulator_validate_query(
+    p_query text, p_mode text, p_is_auto boolean, p_probe oid,
+    OUT mode text, OUT topk_limit integer, OUT topk_order_by text, OUT topk_offset integer, OUT base_query text)
+LANGUAGE plpgsql AS $$
+DECLARE
+    c record;
+    lim bigint;
+    off bigint;
+    is_topk boolean := false;
+    bad record;
+    volatile_names text[];
+BEGIN
+    mode := p_mode;
+    c := pgtrickle.emulator_query_clauses(p_query);
+    base_query := c.base_query;
+    -- detect_topk_pattern: ORDER BY + constant LIMIT [+ constant OFFSET], no set operation.
+    IF NOT c.has_set_operation AND c.limit_value IS NOT NULL AND c.order_by IS NOT NULL THEN
+        IF c.offset_value IS NOT NULL THEN
+            off := pgtrickle.emulator_const_int(c.offset_value);
+            IF off IS NULL THEN
+                PERFORM pgtrickle.emulator_unsupported(
+                    'OFFSET in defining queries must be a constant integer (e.g., OFFSET 10). Dynamic expressions '
+                    'like OFFSET (SELECT ...) are not supported.');
+            ELSIF off < 0 THEN
+                PERFORM pgtrickle.emulator_unsupported('OFFSET must be a non-negative constant integer.');
+            END IF;
+        END IF;
+        lim := pgtrickle.emulator_const_int(c.limit_value);
+        IF lim IS NULL AND upper(c.limit_value) NOT IN ('ALL', 'NULL') THEN
+            PERFORM pgtrickle.emulator_unsupported(
+                'LIMIT in defining queries must be a constant integer (e.g., LIMIT 100). Dynamic expressions like '
+                'LIMIT (SELECT ...) are not supported for TopK stream tables.');
+        END IF;
+        IF lim >= 0 THEN
+            is_topk := true;
+            topk_limit := lim;
+            topk_offset := nullif(off, 0);
+            topk_order_by := c.order_by;
+            RAISE INFO '%', CASE WHEN topk_offset IS NULL
+                THEN format('pg_trickle: TopK pattern detected (ORDER BY %s LIMIT %s). The stream table will maintain the top %s rows.',
+                            c.order_by, lim, lim)
+                ELSE format('pg_trickle: TopK pattern detected (ORDER BY %s LIMIT %s OFFSET %s). The stream table will maintain rows %s–%s.',
+                            c.order_by, lim, topk_offset, topk_offset + 1, topk_offset + lim) END;
+        END IF;
+    END IF;
+    IF NOT is_topk THEN
+        base_query := p_query;
+        IF c.order_by IS NOT NULL AND c.limit_value IS NULL AND NOT c.has_set_operation THEN
+            RAISE WARNING 'pg_trickle: ORDER BY without LIMIT has no effect on stream tables — storage row order is '
+                          'undefined. Use ORDER BY with LIMIT for TopK, or remove ORDER BY.';
+        END IF;
+        -- reject_limit_offset (every refresh mode, FULL included)
+        IF c.limit_value IS NOT NULL AND upper(c.limit_value) NOT IN ('ALL', 'NULL') THEN
+            PERFORM pgtrickle.emulator_unsupported(
+                'LIMIT is not supported in defining queries without ORDER BY. Use ORDER BY + LIMIT for TopK stream '
+                'tables, or omit LIMIT to materialize the full result set.');
+        END IF;
+        IF c.offset_value IS NOT NULL THEN
+            PERFORM pgtrickle.emulator_unsupported(
+                'OFFSET is not supported in defining queries without ORDER BY + LIMIT. Use ORDER BY + LIMIT + OFFSET '
+                'for paged TopK stream tables, or omit OFFSET to materialize the full result set.');
+        END IF;
+    END IF;
+    -- IMMEDIATE TopK: LIMIT above pg_trickle.ivm_topk_max_limit (default 1000) is refused.
+    IF is_topk AND mode = 'IMMEDIATE' THEN
+        IF lim > 1000 THEN
+            PERFORM pgtrickle.emulator_unsupported(format(
+                'ORDER BY + LIMIT %s (TopK) exceeds the IMMEDIATE mode threshold (pg_trickle.ivm_topk_max_limit = 1000). '
+                'TopK tables in IMMEDIATE mode recompute the top-K rows on every DML statement. Reduce LIMIT, raise '
+                'the threshold, or use ''DIFFERENTIAL'' mode for large TopK queries.', lim));
+        END IF;
+    END IF;
+    -- reject_unsupported_constructs (the part the emulator can see): row locking.
+    IF c.has_locking THEN
+        IF p_is_auto THEN
+            RAISE WARNING E'[pg_trickle] Falling back to FULL refresh: unsupported construct in defining query.\nConstruct: %',
+                'FOR UPDATE/FOR SHARE is not supported in defining queries.';
+            mode := 'FULL';
+        ELSE
+            PERFORM pgtrickle.emulator_unsupported(
+                'FOR UPDATE/FOR SHARE is not supported in defining queries. Stream tables do not support row-level '
+                'locking. Remove the FOR UPDATE/FOR SHARE clause.');
+        END IF;
+    END IF;
+    -- reject_materialized_views: materialized views and foreign tables in DIFFERENTIAL/IMMEDIATE.
+    IF mode IN ('DIFFERENTIAL', 'IMMEDIATE') THEN
+        SELECT n.nspname AS schema_name, cl.relname AS rel_name, cl.relkind INTO bad
+          FROM pgtrickle.emulator_relation_sources(p_probe) s
+          JOIN pg_catalog.pg_class cl ON cl.oid = s.source_relid
+          JOIN pg_catalog.pg_namespace n ON n.oid = cl.relnamespace
+         WHERE s.relkind IN ('m', 'f')
+         ORDER BY s.relkind, n.nspname, cl.relname
+         LIMIT 1;
+        IF FOUND THEN
+            IF p_is_auto AND mode = 'DIFFERENTIAL' THEN
+                RAISE WARNING E'[pg_trickle] Falling back to FULL refresh: query references materialized views or foreign tables (%.%).\nSuggestion: replace materialized view references with regular views or tables, or convert them to stream tables so changes can be tracked incrementally.',
+                    bad.schema_name, bad.rel_name;
+                mode := 'FULL';
+            ELSIF bad.relkind = 'm' THEN
+                PERFORM pgtrickle.emulator_unsupported(format(
+                    'Materialized view ''%s.%s'' cannot be used as a source in DIFFERENTIAL mode. Materialized views '
+                    'are stale snapshots — CDC triggers cannot track REFRESH MATERIALIZED VIEW. Use the underlying '
+                    'query directly, or switch to FULL refresh mode. Alternatively, enable polling-based CDC with: '
+                    'SET pg_trickle.matview_polling = on;', bad.schema_name, bad.rel_name));
+            ELSE
+                PERFORM pgtrickle.emulator_unsupported(format(
+                    'Foreign table ''%s.%s'' cannot be used as a source in DIFFERENTIAL or IMMEDIATE mode. Row-level '
+                    'triggers cannot be created on foreign tables. Use FULL refresh mode instead, which re-queries the '
+                    'foreign table on each refresh cycle.', bad.schema_name, bad.rel_name));
+            END IF;
+        END IF;
+    END IF;
+    -- Volatility (VOL-1, policy 'reject'): only for a differentiated (DIFFERENTIAL/IMMEDIATE, non-TopK) query.
+    IF mode IN ('DIFFERENTIAL', 'IMMEDIATE') AND NOT is_topk THEN
+        volatile_names := pgtrickle.emulator_volatile_functions(p_probe);
+        IF cardinality(volatile_names) > 0 THEN
+            PERFORM pgtrickle.emulator_unsupported(
+                'Defining query contains volatile expressions (e.g., random(), clock_timestamp(), or custom volatile '
+                'operators). Volatile functions and operators are not supported in DIFFERENTIAL or IMMEDIATE mode '
+                'because they produce different values on each evaluation, breaking delta computation. Use FULL '
+                'refresh mode instead, or replace with a deterministic alternative. (Override with: SET '
+                'pg_trickle.volatile_function_policy = ''warn'' or ''allow'')');
+        END IF;
+    END IF;
+END $$;
+
+-- The query a refresh runs: a TopK table stores its query without ORDER BY/LIMIT/OFFSET
+-- (src/refresh/orchestrator.rs); they are put back here.
+CREATE FUNCTION pgtrickle.emulator_refresh_query(p_pgt_id bigint) RETURNS text
+LANGUAGE sql STABLE AS $$
+    SELECT st.defining_query
+           || CASE WHEN st.topk_limit IS NOT NULL
+                   THEN E'\nORDER BY ' || st.topk_order_by || E'\nLIMIT ' || st.topk_limit
+                        || coalesce(E'\nOFFSET ' || st.topk_offset, '')
+                   ELSE '' END
+      FROM pgtrickle.pgt_stream_tables st WHERE st.pgt_id = p_pgt_id
+$$;
+
+-- Cycle detection on ALTER QUERY (src/api/helpers.rs check_for_cycles_alter): the table's incoming edges
+-- are replaced by the new sources; a source that is the table itself or reads it (transitively) closes a
+-- cycle. pg_trickle.allow_circular is off by default, so a cycle is an error (42P15) naming the nodes
+-- Kahn's algorithm could not order: the table and everything downstream of it.
+CREATE FUNCTION pgtrickle.emulator_check_cycles(p_pgt_id bigint, p_sources oid[]) RETURNS void
+LANGUAGE plpgsql STABLE AS $$
+DECLARE
+    downstream oid[];
+    names text;
+BEGIN
+    WITH RECURSIVE down(relid) AS (
+        SELECT st.pgt_relid FROM pgtrickle.pgt_stream_tables st WHERE st.pgt_id = p_pgt_id
+        UNION
+        SELECT reader.pgt_relid
+          FROM down
+          JOIN pgtrickle.pgt_dependencies d ON d.source_relid = down.relid
+          JOIN pgtrickle.pgt_stream_tables reader ON reader.pgt_id = d.pgt_id
+    )
+    SELECT array_agg(relid) INTO downstream FROM down;
+    IF NOT (downstream && p_sources) THEN
+        RETURN;
+    END IF;
+    SELECT string_agg(st.pgt_schema || '.' || st.pgt_name, ' -> ' ORDER BY st.pgt_id) INTO names
+      FROM pgtrickle.pgt_stream_tables st WHERE st.pgt_relid = ANY (downstream);
+    RAISE EXCEPTION 'cycle detected in dependency graph: %', names
+        USING ERRCODE = 'invalid_schema_definition',
+              DETAIL = 'Stream tables form a directed acyclic graph (DAG). Adding this stream table would introduce a cycle, which is not allowed.',
+              HINT = 'Review the defining query and ensure it does not reference any stream table that transitively depends on this table. Use pgtrickle.pgt_dependencies to inspect the current dependency graph.';
+END $$;
+
+-- ---------------------------------------------------------------------------------------------------
 -- Lifecycle (pg_trickle names, argument names, order and defaults)
 -- ---------------------------------------------------------------------------------------------------
 CREATE FUNCTION pgtrickle.create_stream_table(
@@ -1099,31 +1573,31 @@ CREATE FUNCTION pgtrickle.create_stream_table(
 LANGUAGE plpgsql AS $$
 DECLARE
     n record;
-    mode text := pgtrickle.emulator_normalize_mode(refresh_mode);
-    stored_schedule text := pgtrickle.emulator_normalize_schedule(schedule);
+    -- src/api/alter.rs create_stream_table_impl, in its order: mode, diamond options, name, schedule
+    -- (not read for IMMEDIATE), cdc_mode, the query, append_only, duplicate name, cycles.
+    requested text := pgtrickle.emulator_normalize_mode(refresh_mode);
+    mode text := CASE requested WHEN 'AUTO' THEN 'DIFFERENTIAL' ELSE requested END;
     consistency text := coalesce(pgtrickle.emulator_check_choice('diamond_consistency', diamond_consistency, ARRAY['none', 'atomic']), 'atomic');
     policy text := coalesce(pgtrickle.emulator_check_choice('diamond_schedule_policy', diamond_schedule_policy, ARRAY['fastest', 'slowest']), 'fastest');
-    cdc text := pgtrickle.emulator_check_choice('cdc_mode', cdc_mode, ARRAY['auto', 'trigger', 'wal']);
+    stored_schedule text;
+    cdc text;
+    vq record;
     probe oid;
     relid oid;
     column_defs text;
     new_id bigint;
 BEGIN
+    IF policy = 'slowest' AND consistency <> 'atomic' THEN
+        RAISE EXCEPTION 'invalid argument: diamond_schedule_policy = ''slowest'' requires diamond_consistency = ''atomic''. The ''slowest'' policy is only meaningful when atomic cross-branch reads are enabled. Set diamond_consistency = ''atomic'' or use diamond_schedule_policy = ''fastest''.'
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
     n := pgtrickle.emulator_split_name(name);
+    IF mode <> 'IMMEDIATE' THEN
+        stored_schedule := pgtrickle.emulator_normalize_schedule(schedule);
+    END IF;
+    cdc := pgtrickle.emulator_check_choice('cdc_mode', cdc_mode, ARRAY['auto', 'trigger', 'wal']);
     IF query IS NULL OR btrim(query) = '' THEN
         RAISE EXCEPTION 'query must not be empty' USING ERRCODE = 'invalid_parameter_value';
-    END IF;
-    IF EXISTS (SELECT 1 FROM pgtrickle.pgt_stream_tables s WHERE s.pgt_schema = n.schema_name AND s.pgt_name = n.table_name) THEN
-        RAISE EXCEPTION 'stream table "%.%" already exists', n.schema_name, n.table_name USING ERRCODE = 'duplicate_table';
-    END IF;
-    IF policy = 'slowest' AND consistency <> 'atomic' THEN
-        RAISE EXCEPTION 'diamond_schedule_policy ''slowest'' requires diamond_consistency ''atomic''';
-    END IF;
-    IF append_only AND mode IN ('FULL', 'IMMEDIATE') THEN
-        RAISE EXCEPTION 'append_only is not allowed with refresh_mode %', mode;
-    END IF;
-    IF mode = 'IMMEDIATE' THEN
-        stored_schedule := NULL;
     END IF;
     -- The query as a temporary view: validates it, gives its columns, and records its sources.
     DROP VIEW IF EXISTS pg_temp.pgt_emulator_probe;
@@ -1135,6 +1609,25 @@ BEGIN
     IF EXISTS (SELECT 1 FROM pg_catalog.pg_attribute WHERE attrelid = probe AND attname = '__pgt_row_id') THEN
         RAISE EXCEPTION 'the query must not return a column named __pgt_row_id (reserved)';
     END IF;
+    vq := pgtrickle.emulator_validate_query(query, mode, requested = 'AUTO', probe);
+    mode := vq.mode;
+    IF requested = 'AUTO' AND mode = 'FULL' THEN
+        RAISE WARNING '[pg_trickle] Stream table ''%'' will use FULL refresh instead of DIFFERENTIAL. Each refresh will recompute the entire result set from scratch, which is slower than incremental maintenance. See the warnings above for the specific reason and how to fix it.', name;
+    END IF;
+    IF append_only AND mode = 'FULL' THEN
+        RAISE EXCEPTION 'invalid argument: append_only is not supported with FULL refresh mode. Use DIFFERENTIAL or AUTO refresh mode.'
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    IF append_only AND mode = 'IMMEDIATE' THEN
+        RAISE EXCEPTION 'invalid argument: append_only is not supported with IMMEDIATE refresh mode. Use DIFFERENTIAL or AUTO refresh mode.'
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    IF EXISTS (SELECT 1 FROM pgtrickle.pgt_stream_tables s WHERE s.pgt_schema = n.schema_name AND s.pgt_name = n.table_name) THEN
+        RAISE EXCEPTION 'stream table already exists: %.%', n.schema_name, n.table_name
+            USING ERRCODE = 'duplicate_table',
+                  HINT = 'Use pgtrickle.alter_stream_table() to modify an existing stream table, or pgtrickle.drop_stream_table() to remove it first.';
+    END IF;
+    -- Cycles (check_for_cycles): a table being created has no readers yet, so its sources cannot close one.
     EXECUTE format('CREATE TABLE %I.%I (__pgt_row_id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY, %s)',
                    n.schema_name, n.table_name, column_defs);
     relid := format('%I.%I', n.schema_name, n.table_name)::regclass;
@@ -1143,19 +1636,26 @@ BEGIN
             diamond_consistency, diamond_schedule_policy, requested_cdc_mode, is_append_only,
             pooler_compatibility_mode, max_differential_joins, max_delta_fraction, st_partition_key,
             storage_backend, effective_refresh_mode)
-    VALUES (relid, n.table_name, n.schema_name, query, query, stored_schedule, mode, 'INITIALIZING',
+    VALUES (relid, n.table_name, n.schema_name, vq.base_query, query, stored_schedule, mode, 'INITIALIZING',
             consistency, policy, cdc, append_only, pooler_compatibility_mode, max_differential_joins,
-            max_delta_fraction, partition_by, coalesce(storage_backend, 'heap'), 'FULL')
+            max_delta_fraction, partition_by, coalesce(storage_backend, 'heap'), NULL)
     RETURNING pgt_id INTO new_id;
+    UPDATE pgtrickle.pgt_stream_tables
+       SET topk_limit = vq.topk_limit, topk_order_by = vq.topk_order_by, topk_offset = vq.topk_offset,
+           temporal_mode = coalesce(create_stream_table.temporal, false)
+     WHERE pgt_id = new_id;
     INSERT INTO pgtrickle.emulator_stats (pgt_id) VALUES (new_id);
     PERFORM pgtrickle.emulator_record_sources(new_id, probe);
     -- Downstream stream tables read this one: capture its changes too.
     PERFORM pgtrickle.emulator_attach_capture(relid);
     DROP VIEW pg_temp.pgt_emulator_probe;
+    -- initialize => false leaves the table INITIALIZING and unpopulated (the scheduler fills it).
     IF initialize THEN
         PERFORM pgtrickle.emulator_finish_refresh(pgtrickle.emulator_begin_refresh(new_id, 'INITIAL'), false);
-    ELSE
-        UPDATE pgtrickle.pgt_stream_tables SET status = 'ACTIVE' WHERE pgt_id = new_id;
+        -- G12-ERM-1: the initial population records the effective mode (TOP_K for TopK tables).
+        UPDATE pgtrickle.pgt_stream_tables
+           SET effective_refresh_mode = CASE WHEN vq.topk_limit IS NOT NULL THEN 'TOP_K' ELSE mode END
+         WHERE pgt_id = new_id;
     END IF;
 END $$;
 
@@ -1197,12 +1697,15 @@ DECLARE
     down record;
     previous_sources oid[];
 BEGIN
-    SELECT string_agg(format('%s.%s', d2.pgt_schema, d2.pgt_name), ', ') INTO dependents
+    SELECT string_agg(format('%s.%s', d2.pgt_schema, d2.pgt_name), ', ' ORDER BY d2.pgt_id) INTO dependents
       FROM pgtrickle.pgt_dependencies d JOIN pgtrickle.pgt_stream_tables d2 ON d2.pgt_id = d.pgt_id
      WHERE d.source_relid = st.pgt_relid;
+    -- src/api/alter.rs drop_stream_table_impl_inner: InvalidArgument, i.e. SQLSTATE 22023 (not 2BP01).
     IF dependents IS NOT NULL AND NOT "cascade" THEN
-        RAISE EXCEPTION 'cannot drop stream table "%.%": stream tables depend on it (%)', st.pgt_schema, st.pgt_name, dependents
-            USING ERRCODE = 'dependent_objects_still_exist', HINT = 'Use cascade => true to drop them too.';
+        RAISE EXCEPTION 'invalid argument: stream table %.% has dependent stream tables: %. Use cascade => true to drop them automatically.',
+            st.pgt_schema, st.pgt_name, dependents
+            USING ERRCODE = 'invalid_parameter_value',
+                  HINT = 'See docs/SQL_REFERENCE.md for valid parameter values and syntax.';
     END IF;
     FOR down IN SELECT d2.pgt_schema, d2.pgt_name FROM pgtrickle.pgt_dependencies d
                   JOIN pgtrickle.pgt_stream_tables d2 ON d2.pgt_id = d.pgt_id
@@ -1266,25 +1769,55 @@ CREATE FUNCTION pgtrickle.alter_stream_table(
 ) RETURNS void
 LANGUAGE plpgsql AS $$
 #variable_conflict use_column
+-- src/api/alter.rs alter_stream_table_impl, in its order: the query first, then the refresh mode (parsed
+-- as RefreshMode::from_str, so AUTO reads as DIFFERENTIAL), schedule, mode switch, status, the rest.
 DECLARE
     st pgtrickle.pgt_stream_tables := pgtrickle.emulator_lookup(name);
     new_status text := upper(status);
-    old_defs text;
-    new_defs text;
-    qualified text := format('%I.%I', st.pgt_schema, st.pgt_name);
-    probe oid;
-    grants text[];
-    grant_sql text;
+    target_mode text;
+    old_mode text;
 BEGIN
+    IF alter_stream_table.query IS NOT NULL
+       AND alter_stream_table.query IS DISTINCT FROM coalesce(st.original_query, st.defining_query) THEN
+        PERFORM pgtrickle.emulator_alter_query(st.pgt_id, alter_stream_table.query);
+        st := pgtrickle.emulator_lookup(name);
+    END IF;
+    old_mode := st.refresh_mode;
+    target_mode := CASE WHEN alter_stream_table.refresh_mode IS NULL THEN old_mode
+                        ELSE pgtrickle.emulator_normalize_mode(alter_stream_table.refresh_mode) END;
+    IF target_mode = 'AUTO' THEN
+        target_mode := 'DIFFERENTIAL';
+    END IF;
+    IF alter_stream_table.schedule IS NOT NULL THEN
+        UPDATE pgtrickle.pgt_stream_tables s
+           SET schedule = pgtrickle.emulator_normalize_schedule(alter_stream_table.schedule), updated_at = now()
+         WHERE s.pgt_id = st.pgt_id;
+    END IF;
+    IF alter_stream_table.refresh_mode IS NOT NULL THEN
+        IF target_mode <> old_mode THEN
+            IF target_mode = 'IMMEDIATE' AND st.topk_limit > 1000 THEN
+                PERFORM pgtrickle.emulator_unsupported(format(
+                    'Cannot switch TopK stream table (LIMIT %s) to IMMEDIATE mode. Exceeds pg_trickle.ivm_topk_max_limit = 1000. '
+                    'Raise the threshold or keep using DIFFERENTIAL/FULL mode.', st.topk_limit));
+            END IF;
+            IF target_mode = 'IMMEDIATE' THEN
+                UPDATE pgtrickle.pgt_stream_tables s SET schedule = NULL WHERE s.pgt_id = st.pgt_id;
+            ELSIF old_mode = 'IMMEDIATE' AND alter_stream_table.schedule IS NULL THEN
+                -- Leaving IMMEDIATE without a schedule restores a default one.
+                UPDATE pgtrickle.pgt_stream_tables s SET schedule = coalesce(s.schedule, '1m') WHERE s.pgt_id = st.pgt_id;
+            END IF;
+        END IF;
+        -- The catalog gets the argument upper-cased, as pg_trickle writes it: 'AUTO' (and 'INCREMENTAL')
+        -- pass RefreshMode::from_str but then fail the refresh_mode CHECK (23514), as on the engine.
+        UPDATE pgtrickle.pgt_stream_tables s
+           SET refresh_mode = upper(alter_stream_table.refresh_mode), updated_at = now()
+         WHERE s.pgt_id = st.pgt_id;
+    END IF;
     IF new_status IS NOT NULL AND new_status NOT IN ('INITIALIZING', 'ACTIVE', 'SUSPENDED', 'ERROR') THEN
-        RAISE EXCEPTION 'invalid status "%": allowed values are INITIALIZING, ACTIVE, SUSPENDED, ERROR', status
+        RAISE EXCEPTION 'invalid argument: unknown status: %', new_status  -- src/dag.rs StStatus::from_str
             USING ERRCODE = 'invalid_parameter_value';
     END IF;
     UPDATE pgtrickle.pgt_stream_tables s SET
-        schedule = CASE WHEN alter_stream_table.schedule IS NULL THEN s.schedule
-                        ELSE pgtrickle.emulator_normalize_schedule(alter_stream_table.schedule) END,
-        refresh_mode = CASE WHEN alter_stream_table.refresh_mode IS NULL THEN s.refresh_mode
-                            ELSE pgtrickle.emulator_normalize_mode(alter_stream_table.refresh_mode) END,
         status = coalesce(new_status, s.status),
         consecutive_errors = CASE WHEN new_status = 'ACTIVE' THEN 0 ELSE s.consecutive_errors END,
         diamond_consistency = coalesce(pgtrickle.emulator_check_choice('diamond_consistency', alter_stream_table.diamond_consistency, ARRAY['none', 'atomic']), s.diamond_consistency),
@@ -1303,23 +1836,63 @@ BEGIN
         reindex_drift_threshold = coalesce(alter_stream_table.reindex_drift_threshold, s.reindex_drift_threshold),
         updated_at = now()
      WHERE s.pgt_id = st.pgt_id;
-    UPDATE pgtrickle.pgt_stream_tables s SET schedule = NULL WHERE s.pgt_id = st.pgt_id AND s.refresh_mode = 'IMMEDIATE';
-    IF alter_stream_table.query IS NULL OR alter_stream_table.query = st.defining_query THEN
-        RETURN;
-    END IF;
-    -- A new query: same columns keep the storage (dependents keep reading it); otherwise it is rebuilt,
-    -- which is refused while other stream tables read it.
+END $$;
+
+-- ALTER QUERY (src/api/alter.rs alter_stream_table_query): validated against the table's current mode
+-- (no AUTO downgrade), cycle-checked, then the storage is migrated by classify_schema_change: the same
+-- columns, or columns added/removed with the surviving ones implicitly castable, keep the storage table
+-- (same OID, dependents keep reading it); an incompatible type change rebuilds it.
+CREATE FUNCTION pgtrickle.emulator_alter_query(p_pgt_id bigint, p_query text) RETURNS void
+LANGUAGE plpgsql AS $$
+DECLARE
+    st pgtrickle.pgt_stream_tables;
+    qualified text;
+    probe oid;
+    vq record;
+    new_defs text;
+    incompatible text;
+    col record;
+    grants text[];
+    grant_sql text;
+BEGIN
+    SELECT * INTO STRICT st FROM pgtrickle.pgt_stream_tables WHERE pgt_id = p_pgt_id;
+    qualified := format('%I.%I', st.pgt_schema, st.pgt_name);
     DROP VIEW IF EXISTS pg_temp.pgt_emulator_probe;
-    EXECUTE format('CREATE TEMPORARY VIEW pgt_emulator_probe AS %s', alter_stream_table.query);
+    EXECUTE format('CREATE TEMPORARY VIEW pgt_emulator_probe AS %s', p_query);
     probe := 'pg_temp.pgt_emulator_probe'::regclass;
+    vq := pgtrickle.emulator_validate_query(p_query, st.refresh_mode, false, probe);
+    PERFORM pgtrickle.emulator_check_cycles(st.pgt_id, ARRAY(SELECT source_relid FROM pgtrickle.emulator_relation_sources(probe)));
     SELECT string_agg(format('%I %s', attname, format_type(atttypid, atttypmod)), ', ' ORDER BY attnum) INTO new_defs
       FROM pg_catalog.pg_attribute WHERE attrelid = probe AND attnum > 0 AND NOT attisdropped;
-    SELECT string_agg(format('%I %s', attname, format_type(atttypid, atttypmod)), ', ' ORDER BY attnum) INTO old_defs
-      FROM pg_catalog.pg_attribute
-     WHERE attrelid = st.pgt_relid AND attnum > 0 AND NOT attisdropped AND attname <> '__pgt_row_id';
-    IF new_defs IS DISTINCT FROM old_defs THEN
+    SELECT string_agg(format('column ''%s'' type changed from OID %s to %s (no implicit cast)', n.attname, o.atttypid, n.atttypid), '; ')
+      INTO incompatible
+      FROM pg_catalog.pg_attribute n
+      JOIN pg_catalog.pg_attribute o ON o.attrelid = st.pgt_relid AND o.attname = n.attname AND o.attnum > 0 AND NOT o.attisdropped
+     WHERE n.attrelid = probe AND n.attnum > 0 AND NOT n.attisdropped AND o.atttypid <> n.atttypid
+       AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_cast c
+                        WHERE c.castsource = o.atttypid AND c.casttarget = n.atttypid AND c.castcontext = 'i');
+    IF incompatible IS NULL THEN
+        -- Same or Compatible: ALTER the storage in place (migrate_storage_table_compatible).
+        FOR col IN SELECT a.attname FROM pg_catalog.pg_attribute a
+                    WHERE a.attrelid = st.pgt_relid AND a.attnum > 0 AND NOT a.attisdropped AND a.attname <> '__pgt_row_id'
+                      AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_attribute n
+                                       WHERE n.attrelid = probe AND n.attname = a.attname AND n.attnum > 0 AND NOT n.attisdropped) LOOP
+            EXECUTE format('ALTER TABLE %s DROP COLUMN IF EXISTS %I', qualified, col.attname);
+        END LOOP;
+        FOR col IN SELECT n.attname, format_type(n.atttypid, n.atttypmod) AS type_name FROM pg_catalog.pg_attribute n
+                    WHERE n.attrelid = probe AND n.attnum > 0 AND NOT n.attisdropped
+                      AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_attribute o
+                                       WHERE o.attrelid = st.pgt_relid AND o.attname = n.attname AND o.attnum > 0
+                                         AND NOT o.attisdropped)
+                    ORDER BY n.attnum LOOP
+            EXECUTE format('ALTER TABLE %s ADD COLUMN IF NOT EXISTS %I %s', qualified, col.attname, col.type_name);
+        END LOOP;
+    ELSE
+        RAISE WARNING 'pg_trickle: ALTER QUERY requires full storage rebuild: %. The storage table OID will change.', incompatible;
+        -- Differs from pg_trickle (which drops the storage with CASCADE regardless): the emulator refuses
+        -- while other stream tables read it, as their dependencies would point at a dropped relation.
         IF EXISTS (SELECT 1 FROM pgtrickle.pgt_dependencies d WHERE d.source_relid = st.pgt_relid) THEN
-            RAISE EXCEPTION 'cannot change the columns of stream table %: other stream tables read it', qualified
+            RAISE EXCEPTION 'cannot change the columns of stream table % incompatibly: other stream tables read it', qualified
                 USING ERRCODE = 'dependent_objects_still_exist';
         END IF;
         -- The rebuilt storage keeps the old one's grants (readers of the stream table keep reading it).
@@ -1342,7 +1915,8 @@ BEGIN
     PERFORM pgtrickle.emulator_record_sources(st.pgt_id, probe);
     DROP VIEW pg_temp.pgt_emulator_probe;
     UPDATE pgtrickle.pgt_stream_tables
-       SET defining_query = alter_stream_table.query, original_query = alter_stream_table.query, frontier = NULL,
+       SET defining_query = vq.base_query, original_query = p_query, frontier = NULL,
+           topk_limit = vq.topk_limit, topk_order_by = vq.topk_order_by, topk_offset = vq.topk_offset,
            status = CASE WHEN status = 'ERROR' THEN 'ACTIVE' ELSE status END, updated_at = now()
      WHERE pgt_id = st.pgt_id;
     PERFORM pgtrickle.emulator_finish_refresh(pgtrickle.emulator_begin_refresh(st.pgt_id, 'MANUAL'), false);
@@ -1433,39 +2007,76 @@ $$;
 
 CREATE FUNCTION pgtrickle.health_check() RETURNS TABLE (check_name text, severity text, detail text)
 LANGUAGE sql STABLE AS $$
+    -- src/monitor/health.rs health_check: its rows, severities and detail texts; names sorted.
     WITH counts AS (
         SELECT count(*) FILTER (WHERE status IN ('ERROR', 'SUSPENDED')) AS broken,
-               string_agg(pgt_schema || '.' || pgt_name, ', ') FILTER (WHERE status IN ('ERROR', 'SUSPENDED')) AS broken_names,
+               string_agg(pgt_schema || '.' || pgt_name, ', ' ORDER BY pgt_schema || '.' || pgt_name)
+                   FILTER (WHERE status IN ('ERROR', 'SUSPENDED')) AS broken_names,
                count(*) FILTER (WHERE stale) AS stale,
-               string_agg(pgt_schema || '.' || pgt_name, ', ') FILTER (WHERE stale) AS stale_names,
+               string_agg(pgt_schema || '.' || pgt_name, ', ' ORDER BY pgt_schema || '.' || pgt_name)
+                   FILTER (WHERE stale) AS stale_names,
                count(*) FILTER (WHERE needs_reinit) AS reinit,
+               string_agg(pgt_schema || '.' || pgt_name, ', ' ORDER BY pgt_schema || '.' || pgt_name)
+                   FILTER (WHERE needs_reinit) AS reinit_names,
                count(*) FILTER (WHERE consecutive_errors > 0 AND status NOT IN ('ERROR', 'SUSPENDED')) AS erroring,
-               string_agg(pgt_schema || '.' || pgt_name, ', ')
+               string_agg(pgt_schema || '.' || pgt_name, ', ' ORDER BY pgt_schema || '.' || pgt_name)
                    FILTER (WHERE consecutive_errors > 0 AND status NOT IN ('ERROR', 'SUSPENDED')) AS erroring_names
           FROM pgtrickle.stream_tables_info),
-    buffers AS (SELECT coalesce(max(pending_rows), 0) AS max_pending FROM pgtrickle.change_buffer_sizes())
+    buffers AS (
+        SELECT count(*) AS bloated,
+               string_agg(source_table || ' (' || pending_rows || ' pending)', ', ' ORDER BY pending_rows DESC) AS names
+          FROM pgtrickle.change_buffer_sizes() WHERE pending_rows > 10000)
     SELECT 'scheduler_running',
            CASE WHEN pgtrickle.emulator_scheduler_running() THEN 'OK' ELSE 'ERROR' END,
            CASE WHEN pgtrickle.emulator_scheduler_running() THEN 'emulator scheduler session is running'
                 ELSE 'emulator scheduler is not running (CALL pgtrickle.emulator_run() in a dedicated session)' END
     UNION ALL
     SELECT 'error_tables', CASE WHEN broken > 0 THEN 'ERROR' ELSE 'OK' END,
-           CASE WHEN broken > 0 THEN broken || ' stream table(s) in ERROR or SUSPENDED: ' || broken_names
-                ELSE 'no stream table in ERROR or SUSPENDED' END FROM counts
+           CASE WHEN broken > 0 THEN broken || ' stream table(s) in ERROR/SUSPENDED: ' || broken_names
+                ELSE 'All stream tables are ACTIVE or INITIALIZING' END FROM counts
     UNION ALL
     SELECT 'stale_tables', CASE WHEN stale > 0 THEN 'WARN' ELSE 'OK' END,
-           CASE WHEN stale > 0 THEN stale || ' stream table(s) behind schedule: ' || stale_names
-                ELSE 'every scheduled stream table is within its schedule' END FROM counts
+           CASE WHEN stale > 0 THEN stale || ' stale stream table(s) (scheduler behind its schedule): ' || stale_names
+                ELSE 'No stale stream tables' END FROM counts
     UNION ALL
     SELECT 'needs_reinit', CASE WHEN reinit > 0 THEN 'WARN' ELSE 'OK' END,
-           reinit || ' stream table(s) need reinitialisation' FROM counts
+           CASE WHEN reinit > 0 THEN reinit || ' stream table(s) need reinitialization (DDL change detected): ' || reinit_names
+                ELSE 'No stream tables awaiting reinitialization' END FROM counts
     UNION ALL
     SELECT 'consecutive_errors', CASE WHEN erroring > 0 THEN 'WARN' ELSE 'OK' END,
-           CASE WHEN erroring > 0 THEN 'failing but not yet suspended: ' || erroring_names
-                ELSE 'no consecutive errors' END FROM counts
+           CASE WHEN erroring > 0
+                THEN erroring || ' stream table(s) have consecutive errors (approaching auto-suspend): ' || erroring_names
+                ELSE 'No stream tables accumulating refresh errors' END FROM counts
     UNION ALL
-    SELECT 'buffer_growth', CASE WHEN max_pending > 10000 THEN 'WARN' ELSE 'OK' END,
-           'largest pending change count: ' || max_pending FROM buffers
+    SELECT 'buffer_growth', CASE WHEN bloated > 0 THEN 'WARN' ELSE 'OK' END,
+           CASE WHEN bloated > 0
+                THEN bloated || ' CDC buffer(s) exceeding 10 000 pending rows — differential refresh may be stalled: ' || names
+                ELSE 'All CDC buffers within normal range' END FROM buffers
+    -- The rows 0.67 adds (src/monitor/health.rs health_check). The emulator captures changes with
+    -- triggers (no replication slot), refreshes in one scheduler session (no worker pool, no job queue):
+    -- each row says what the engine says when there is no such thing, and that it is the emulator.
+    UNION ALL
+    SELECT 'slot_lag', 'OK', 'All WAL replication slots within normal range (emulator: no replication slots)'
+    UNION ALL
+    SELECT 'worker_pool', 'OK', 'emulator: no worker pool (one scheduler session refreshes serially)'
+    UNION ALL
+    SELECT 'job_queue', 'OK', 'No jobs queued (emulator: no job queue)'
+    UNION ALL
+    SELECT 'attachment_owner_check',
+           CASE WHEN count(*) = 0 THEN 'OK' ELSE 'WARNING' END,
+           CASE WHEN count(*) = 0 THEN 'No outbox/publication ownership mismatches'
+                ELSE count(*) || ' attachment(s) created by non-owner: '
+                     || string_agg(format('ST "%s" has a publication attached by role "%s" but owned by "%s"',
+                                          fqn, pub_owner, table_owner), '; ' ORDER BY fqn)
+                     || '. Review outbox/publication created by non-owner; consider re-attaching as owner or granting explicit permissions.' END
+      FROM (SELECT st.pgt_schema || '.' || st.pgt_name AS fqn, pub_role.rolname AS pub_owner,
+                   st_role.rolname AS table_owner
+              FROM pgtrickle.pgt_stream_tables st
+              JOIN pg_catalog.pg_publication pub ON pub.pubname = st.downstream_publication_name
+              JOIN pg_catalog.pg_class cls ON cls.oid = st.pgt_relid
+              JOIN pg_catalog.pg_roles st_role ON st_role.oid = cls.relowner
+              JOIN pg_catalog.pg_roles pub_role ON pub_role.oid = pub.pubowner
+             WHERE pub_role.rolname IS DISTINCT FROM st_role.rolname) mismatches
 $$;
 
 CREATE FUNCTION pgtrickle.health_summary()
@@ -1485,16 +2096,25 @@ LANGUAGE sql STABLE AS $$
       FROM pgtrickle.stream_tables_info
 $$;
 
+-- quick_health as the 0.67 install script defines it: error_tables counts status ERROR or a table with
+-- consecutive errors (a SUSPENDED table whose counter was reset is not counted); stale needs a duration
+-- schedule and a last refresh.
 CREATE VIEW pgtrickle.quick_health AS
-SELECT count(*) AS total_stream_tables,
-       count(*) FILTER (WHERE status IN ('ERROR', 'SUSPENDED')) AS error_tables,
-       count(*) FILTER (WHERE stale) AS stale_tables,
+WITH st AS (
+    SELECT s.status, s.consecutive_errors,
+           s.schedule IS NOT NULL AND s.schedule !~ '[\s@]' AND s.last_refresh_at IS NOT NULL
+           AND extract(epoch FROM now() - s.last_refresh_at) > pgtrickle.emulator_schedule_seconds(s.schedule) AS stale
+      FROM pgtrickle.pgt_stream_tables s)
+SELECT count(*)::bigint AS total_stream_tables,
+       count(*) FILTER (WHERE status = 'ERROR' OR consecutive_errors > 0)::bigint AS error_tables,
+       count(*) FILTER (WHERE stale)::bigint AS stale_tables,
        pgtrickle.emulator_scheduler_running() AS scheduler_running,
        CASE WHEN count(*) = 0 THEN 'EMPTY'
             WHEN count(*) FILTER (WHERE status = 'SUSPENDED') > 0 THEN 'CRITICAL'
-            WHEN count(*) FILTER (WHERE status = 'ERROR' OR stale) > 0 THEN 'WARNING'
+            WHEN count(*) FILTER (WHERE status = 'ERROR' OR consecutive_errors > 0) > 0 THEN 'WARNING'
+            WHEN count(*) FILTER (WHERE stale) > 0 THEN 'WARNING'
             ELSE 'OK' END AS status
-  FROM pgtrickle.stream_tables_info;
+  FROM st;
 
 CREATE FUNCTION pgtrickle.get_staleness(name text) RETURNS double precision
 LANGUAGE sql STABLE AS $$
@@ -1722,7 +2342,8 @@ BEGIN
     status := st.status;
     refresh_mode := st.refresh_mode;
     RETURN NEXT;
-    child_prefix := p_prefix || CASE p_connector WHEN '├── ' THEN '│   ' WHEN '└── ' THEN '    ' ELSE '' END;
+    -- src/monitor/tree.rs dfs: '│   ' under a '├── ' node, four spaces under '└── ' and under a lone root ('').
+    child_prefix := p_prefix || CASE p_connector WHEN '├── ' THEN '│   ' ELSE '    ' END;
     SELECT count(*) INTO total FROM (
         SELECT d.pgt_id FROM pgtrickle.pgt_dependencies d WHERE d.source_relid = st.pgt_relid
         UNION ALL
@@ -1821,4 +2442,135 @@ LANGUAGE sql STABLE SET search_path = pg_catalog AS $$
     SELECT NULL::bigint, NULL::text, NULL::text, NULL::text, NULL::integer, NULL::integer, NULL::integer,
            NULL::integer, NULL::timestamptz, NULL::timestamptz, NULL::timestamptz, NULL::double precision
      WHERE false
+$$;
+
+-- ---------------------------------------------------------------------------------------------------
+-- Diagnostics of pg_trickle 0.67 the emulator lacked (result columns as the 0.67 install script)
+-- ---------------------------------------------------------------------------------------------------
+-- diamond_groups (src/api/diagnostics.rs diamond_groups over src/dag.rs detect_diamonds and
+-- compute_consistency_groups): for a stream table with two upstream nodes whose ancestor sets (each
+-- including itself) share a node, the group is the convergence table plus the stream tables on either
+-- branch that are not shared; overlapping groups merge; singletons are not listed. epoch is 0 (the
+-- scheduler's in-memory counter starts at 0); schedule_policy is the strictest of the convergence points'.
+CREATE FUNCTION pgtrickle.diamond_groups()
+RETURNS TABLE (group_id integer, member_name text, member_schema text, is_convergence boolean, epoch bigint,
+               schedule_policy text)
+LANGUAGE plpgsql STABLE AS $$
+#variable_conflict use_column
+DECLARE
+    conv record;
+    ups oid[];
+    i integer;
+    j integer;
+    anc_i oid[];
+    anc_j oid[];
+    shared oid[];
+    members oid[];
+    groups jsonb := '[]'::jsonb;  -- [{"m": [relid...], "c": [relid...]}]
+    g jsonb;
+    merged jsonb;
+    rest jsonb;
+    k integer;
+BEGIN
+    FOR conv IN SELECT st.pgt_id, st.pgt_relid FROM pgtrickle.pgt_stream_tables st ORDER BY st.pgt_id LOOP
+        SELECT array_agg(d.source_relid ORDER BY d.source_relid) INTO ups
+          FROM pgtrickle.pgt_dependencies d WHERE d.pgt_id = conv.pgt_id;
+        CONTINUE WHEN coalesce(array_length(ups, 1), 0) < 2;
+        FOR i IN 1 .. array_length(ups, 1) LOOP
+            FOR j IN i + 1 .. array_length(ups, 1) LOOP
+                anc_i := pgtrickle.emulator_ancestors(ups[i]) || ups[i];
+                anc_j := pgtrickle.emulator_ancestors(ups[j]) || ups[j];
+                shared := ARRAY(SELECT unnest(anc_i) INTERSECT SELECT unnest(anc_j));
+                CONTINUE WHEN cardinality(shared) = 0;
+                members := ARRAY(
+                    SELECT DISTINCT x FROM unnest(anc_i || anc_j) x
+                     WHERE x <> ALL (shared) AND x <> conv.pgt_relid
+                       AND EXISTS (SELECT 1 FROM pgtrickle.pgt_stream_tables s WHERE s.pgt_relid = x))
+                   || conv.pgt_relid;
+                -- merge with every existing group sharing a member
+                merged := jsonb_build_object('m', to_jsonb(members), 'c', jsonb_build_array(conv.pgt_relid));
+                rest := '[]'::jsonb;
+                FOR k IN 0 .. jsonb_array_length(groups) - 1 LOOP
+                    g := groups -> k;
+                    IF EXISTS (SELECT 1 FROM jsonb_array_elements_text(g -> 'm') e WHERE e::oid = ANY (members)) THEN
+                        merged := jsonb_build_object(
+                            'm', (SELECT jsonb_agg(DISTINCT e) FROM (SELECT jsonb_array_elements(g -> 'm') e
+                                   UNION SELECT jsonb_array_elements(merged -> 'm')) x),
+                            'c', (SELECT jsonb_agg(DISTINCT e) FROM (SELECT jsonb_array_elements(g -> 'c') e
+                                   UNION SELECT jsonb_array_elements(merged -> 'c')) x));
+                    ELSE
+                        rest := rest || jsonb_build_array(g);
+                    END IF;
+                END LOOP;
+                groups := rest || jsonb_build_array(merged);
+            END LOOP;
+        END LOOP;
+    END LOOP;
+    RETURN QUERY
+    SELECT gr.ord::integer, st.pgt_name, st.pgt_schema, (gr.g -> 'c') @> to_jsonb(st.pgt_relid), 0::bigint,
+           (SELECT CASE WHEN bool_or(c.diamond_schedule_policy = 'slowest') THEN 'slowest' ELSE 'fastest' END
+              FROM pgtrickle.pgt_stream_tables c
+             WHERE (gr.g -> 'c') @> to_jsonb(c.pgt_relid) AND c.status = 'ACTIVE')
+      FROM jsonb_array_elements(groups) WITH ORDINALITY AS gr(g, ord)
+      CROSS JOIN LATERAL jsonb_array_elements_text(gr.g -> 'm') m(relid)
+      JOIN pgtrickle.pgt_stream_tables st ON st.pgt_relid = m.relid::oid
+      LEFT JOIN pgtrickle.emulator_topological_order() topo ON topo.pgt_id = st.pgt_id
+     WHERE st.status = 'ACTIVE'
+     ORDER BY gr.ord, topo.level, st.pgt_id;
+END $$;
+
+-- Every node (source table or stream table storage) a relation reads, transitively.
+CREATE FUNCTION pgtrickle.emulator_ancestors(p_relid oid) RETURNS oid[]
+LANGUAGE sql STABLE AS $$
+    WITH RECURSIVE up(relid) AS (
+        SELECT d.source_relid
+          FROM pgtrickle.pgt_stream_tables st JOIN pgtrickle.pgt_dependencies d ON d.pgt_id = st.pgt_id
+         WHERE st.pgt_relid = p_relid
+        UNION
+        SELECT d.source_relid
+          FROM up
+          JOIN pgtrickle.pgt_stream_tables st ON st.pgt_relid = up.relid
+          JOIN pgtrickle.pgt_dependencies d ON d.pgt_id = st.pgt_id
+    )
+    SELECT coalesce(array_agg(relid), '{}') FROM up
+$$;
+
+-- trigger_inventory (src/monitor/health.rs trigger_inventory): two rows per source (DML, TRUNCATE),
+-- ordered by source table. pg_trickle names its triggers pg_trickle_cdc_<oid> and
+-- pg_trickle_cdc_truncate_<oid>; the emulator reports its own capture triggers under their real names
+-- (DML is three statement triggers: present/enabled only if all three are).
+CREATE FUNCTION pgtrickle.trigger_inventory()
+RETURNS TABLE (source_table text, source_oid bigint, trigger_name text, trigger_type text, present boolean,
+               enabled boolean)
+LANGUAGE sql STABLE AS $$
+    SELECT n.nspname::text || '.' || c.relname::text, d.source_relid::bigint, t.name, t.kind,
+           (SELECT count(*) FROM pg_catalog.pg_trigger tg WHERE tg.tgrelid = d.source_relid AND tg.tgname = ANY (t.names))
+               = cardinality(t.names),
+           (SELECT count(*) FROM pg_catalog.pg_trigger tg
+             WHERE tg.tgrelid = d.source_relid AND tg.tgname = ANY (t.names) AND tg.tgenabled <> 'D')
+               = cardinality(t.names)
+      FROM (SELECT DISTINCT source_relid FROM pgtrickle.pgt_dependencies WHERE source_relid <> 0) d
+      JOIN pg_catalog.pg_class c ON c.oid = d.source_relid
+      JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+      CROSS JOIN (VALUES (1, 'pgt_emulator_cdc_ins/upd/del', 'DML',
+                          ARRAY['pgt_emulator_cdc_ins', 'pgt_emulator_cdc_upd', 'pgt_emulator_cdc_del']::name[]),
+                         (2, 'pgt_emulator_cdc_trunc', 'TRUNCATE', ARRAY['pgt_emulator_cdc_trunc']::name[]))
+                 AS t(ord, name, kind, names)
+     ORDER BY 1, t.ord
+$$;
+
+-- pgt_scc_status (src/api/diagnostics.rs pgt_scc_status): one row per cyclic strongly connected
+-- component (scc_id set). With pg_trickle.allow_circular off (the default) no cycle can be created,
+-- so no stream table has an scc_id and the result is empty, as on the engine.
+CREATE FUNCTION pgtrickle.pgt_scc_status()
+RETURNS TABLE (scc_id integer, member_count integer, members text[], last_iterations integer,
+               last_converged_at timestamptz)
+LANGUAGE sql STABLE AS $$
+    SELECT st.scc_id, count(*)::integer,
+           array_agg(st.pgt_schema || '.' || st.pgt_name ORDER BY st.pgt_schema, st.pgt_name),
+           max(st.last_fixpoint_iterations), max(st.last_refresh_at)
+      FROM pgtrickle.pgt_stream_tables st
+     WHERE st.scc_id IS NOT NULL
+     GROUP BY st.scc_id
+     ORDER BY st.scc_id
 $$;
