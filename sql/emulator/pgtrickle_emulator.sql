@@ -2543,19 +2543,22 @@ CREATE FUNCTION pgtrickle.trigger_inventory()
 RETURNS TABLE (source_table text, source_oid bigint, trigger_name text, trigger_type text, present boolean,
                enabled boolean)
 LANGUAGE sql STABLE AS $$
-    SELECT n.nspname::text || '.' || c.relname::text, d.source_relid::bigint, t.name, t.kind,
-           (SELECT count(*) FROM pg_catalog.pg_trigger tg WHERE tg.tgrelid = d.source_relid AND tg.tgname = ANY (t.names))
-               = cardinality(t.names),
-           (SELECT count(*) FROM pg_catalog.pg_trigger tg
-             WHERE tg.tgrelid = d.source_relid AND tg.tgname = ANY (t.names) AND tg.tgenabled <> 'D')
-               = cardinality(t.names)
+    -- pg_trickle 0.67's own query (src/monitor/health.rs trigger_inventory): it looks for triggers named
+    -- pg_trickle_cdc_<oid> and pg_trickle_cdc_truncate_<oid>, while create_stream_table names them by the
+    -- source's stable name (src/cdc/mod.rs create_change_trigger: pg_trickle_cdc_<event>_<stable name>), so the
+    -- engine reports its own capture triggers as absent. The emulator names its triggers as the engine does and
+    -- answers with the engine's query, so it reports the same.
+    SELECT n.nspname::text || '.' || c.relname::text, d.source_relid::bigint, t.trigger_name, t.kind,
+           EXISTS (SELECT 1 FROM pg_catalog.pg_trigger tg
+                    WHERE tg.tgrelid = d.source_relid AND tg.tgname = t.trigger_name),
+           coalesce((SELECT tg.tgenabled <> 'D' FROM pg_catalog.pg_trigger tg
+                      WHERE tg.tgrelid = d.source_relid AND tg.tgname = t.trigger_name), false)
       FROM (SELECT DISTINCT source_relid FROM pgtrickle.pgt_dependencies WHERE source_relid <> 0) d
       JOIN pg_catalog.pg_class c ON c.oid = d.source_relid
       JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
-      CROSS JOIN (VALUES (1, 'pgt_emulator_cdc_ins/upd/del', 'DML',
-                          ARRAY['pgt_emulator_cdc_ins', 'pgt_emulator_cdc_upd', 'pgt_emulator_cdc_del']::name[]),
-                         (2, 'pgt_emulator_cdc_trunc', 'TRUNCATE', ARRAY['pgt_emulator_cdc_trunc']::name[]))
-                 AS t(ord, name, kind, names)
+      CROSS JOIN LATERAL (VALUES (1, 'pg_trickle_cdc_' || d.source_relid::text, 'DML'),
+                                 (2, 'pg_trickle_cdc_truncate_' || d.source_relid::text, 'TRUNCATE'))
+                 AS t(ord, trigger_name, kind)
      ORDER BY 1, t.ord
 $$;
 
