@@ -343,6 +343,12 @@ class PgTrickleCollector(Collector):
         confidence = GaugeMetricFamily(
             "pg_trickle_advisor_confidence", "Refresh Mode Advisor confidence: 1 low, 2 medium, 3 high", labels=labels
         )
+        switch = GaugeMetricFamily(
+            "pg_trickle_advisor_switch_recommended",
+            "1 when the Refresh Mode Advisor recommends a mode other than the configured one (neither KEEP nor"
+            " the current mode: pg_trickle repeats the current mode after a NO_DATA refresh), labelled with it",
+            labels=[*labels, "mode"],
+        )
         for st in tables:
             key = (st.pgt_schema, st.pgt_name)
             efficiency = latest.efficiency.get(key)
@@ -358,7 +364,9 @@ class PgTrickleCollector(Collector):
                     recommendation.add_metric([*key, mode], 1 if advice.recommended_mode == mode else 0)
                 if advice.confidence in CONFIDENCE:
                     confidence.add_metric(list(key), CONFIDENCE[advice.confidence])
-        return [ratio, speedup, recommendation, confidence]
+                target = advice.switch_to
+                switch.add_metric([*key, target or ""], 1 if target else 0)
+        return [ratio, speedup, recommendation, confidence, switch]
 
     # -- the exporter itself ---------------------------------------------------------------------------
 
