@@ -36,6 +36,7 @@ ALWAYS_PRESENT = {
     (action, status) for action in ("NO_DATA", "FULL", "DIFFERENTIAL") for status in ("COMPLETED", "FAILED")
 }
 MODES = ("DIFFERENTIAL", "FULL", "KEEP")
+SWITCH_MODES = ("DIFFERENTIAL", "FULL")  # what the Advisor can ask a table to be switched to
 CONFIDENCE = {"low": 1, "medium": 2, "high": 3}
 SEVERITIES = ("OK", "WARN", "ERROR")
 STAGES = ("connect", "catalog", "history", "change_buffers", "health_check", "analyses")
@@ -345,8 +346,8 @@ class PgTrickleCollector(Collector):
         )
         switch = GaugeMetricFamily(
             "pg_trickle_advisor_switch_recommended",
-            "1 when the Refresh Mode Advisor recommends a mode other than the configured one (neither KEEP nor"
-            " the current mode: pg_trickle repeats the current mode after a NO_DATA refresh), labelled with it",
+            "Refresh Mode Advisor switch as a state set: 1 for the mode recommended instead of the configured one"
+            " (never KEEP nor the configured mode, which pg_trickle repeats after a NO_DATA refresh)",
             labels=[*labels, "mode"],
         )
         for st in tables:
@@ -364,8 +365,8 @@ class PgTrickleCollector(Collector):
                     recommendation.add_metric([*key, mode], 1 if advice.recommended_mode == mode else 0)
                 if advice.confidence in CONFIDENCE:
                     confidence.add_metric(list(key), CONFIDENCE[advice.confidence])
-                target = advice.switch_to
-                switch.add_metric([*key, target or ""], 1 if target else 0)
+                for mode in SWITCH_MODES:
+                    switch.add_metric([*key, mode], 1 if advice.switch_to == mode else 0)
         return [ratio, speedup, recommendation, confidence, switch]
 
     # -- the exporter itself ---------------------------------------------------------------------------
