@@ -1133,7 +1133,7 @@ SELECT i.pgt_id, i.pgt_schema, i.pgt_name, i.status, i.refresh_mode, i.is_popula
        s.total_failed AS failed_refreshes,
        s.rows_inserted AS total_rows_inserted,
        s.rows_deleted AS total_rows_deleted,
-       CASE WHEN s.full_count > 0 THEN s.sum_duration_ms / s.full_count END AS avg_duration_ms,
+       CASE WHEN s.full_count + s.diff_count > 0 THEN s.sum_duration_ms / (s.full_count + s.diff_count) END AS avg_duration_ms,
        last.action AS last_action, last.status AS last_status,
        (SELECT array_agg(DISTINCT d.cdc_mode) FROM pgtrickle.pgt_dependencies d WHERE d.pgt_id = i.pgt_id) AS cdc_modes,
        i.scc_id, i.last_fixpoint_iterations, i.refresh_tier
