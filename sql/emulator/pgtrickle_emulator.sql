@@ -3,7 +3,8 @@
 -- For machines where the pg_trickle extension cannot be installed (CI, tests, `make preview`). Function
 -- names, argument names/order/defaults and catalog columns follow pg_trickle (0.67 / 0.108 common surface,
 -- see ../shared/reference/pg_trickle-api.md). Every refresh is a full recomputation whose row differences
--- are applied to the stream table; everything reported is measured, and what cannot be measured is NULL.
+-- are applied to the stream table; the catalog and the history record what pg_trickle 0.67 records for the
+-- same refresh (CONFORMANCE.md beside this file), and a figure only the engine measures is NULL.
 -- pgtrickle.version() says "emulator". See README.md beside this file.
 
 CREATE SCHEMA pgtrickle;
