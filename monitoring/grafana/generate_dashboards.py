@@ -301,7 +301,10 @@ def refreshes_dashboard() -> model.Dashboard:
         .with_panel(
             heatmap.Panel()
             .title("Refresh duration")
-            .description("Durations of the refreshes that did work (FULL, DIFFERENTIAL, REINITIALIZE).")
+            .description(
+                "Measured durations of the refreshes that did work (FULL, DIFFERENTIAL, REINITIALIZE). pg_trickle"
+                " 0.67 writes a refresh's start and end with one now(), so it measures none: empty, not zero."
+            )
             .datasource(DATASOURCE)
             .with_target(
                 query(
@@ -364,7 +367,8 @@ def refreshes_dashboard() -> model.Dashboard:
         .with_panel(
             table_panel(
                 "Advisor verdicts",
-                "recommend_refresh_mode(): the mode the Refresh Mode Advisor recommends (KEEP = stay).",
+                "recommend_refresh_mode(): the engine's verdict (KEEP = what last ran; after a NO_DATA refresh it"
+                " repeats the configured mode, which is no switch: see pg_trickle_advisor_switch_recommended).",
                 of_scenario(f"pg_trickle_advisor_recommendation{{{t}}} == 1"),
                 {"schema": "Schema", "name": "Stream table", "mode": "Recommended"},
                 span=8,

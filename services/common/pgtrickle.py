@@ -41,6 +41,10 @@ class StreamTable:
     # The query as the user gave it: pg_trickle stores TopK queries in defining_query without their
     # ORDER BY ... LIMIT (reference section 5), so definitions are compared with this one.
     original_query: str | None = None
+    # Why the table is in ERROR: pg_trickle 0.67 writes it on a permanent refresh error (status ERROR at
+    # once, src/catalog.rs::set_error_state) and clears it on the next success or resume. A transient
+    # error leaves it NULL and writes a FAILED history row instead.
+    last_error_message: str | None = None
 
     @property
     def user_query(self) -> str:
@@ -90,7 +94,13 @@ class RefreshEvent:
 
     @property
     def duration_seconds(self) -> float | None:
-        return None if self.end_time is None else (self.end_time - self.start_time).total_seconds()
+        """Measured duration, or None. pg_trickle 0.67 writes start_time and end_time with now() of the
+        refresh's own transaction (src/catalog.rs::RefreshRecord::insert and ::complete), so a history
+        row's end_time - start_time is 0 on the engine (and the emulator, which records the same): that
+        zero is not a measure and reads as None here, never as an instantaneous refresh."""
+        if self.end_time is None or self.end_time <= self.start_time:
+            return None
+        return (self.end_time - self.start_time).total_seconds()
 
 
 @dataclass(frozen=True)
@@ -122,6 +132,22 @@ class Recommendation:
     confidence: str
     reason: str | None
     signals: dict[str, Any] | None
+
+    @property
+    def switch_to(self) -> str | None:
+        """The mode the Advisor would have this table switched to, or None when it recommends no change.
+        pg_trickle answers KEEP only when its verdict equals the last COMPLETED action (src/diagnostics.rs::
+        compute_recommendation); after a NO_DATA row it repeats the configured mode, which is no change."""
+        if self.recommended_mode in ("KEEP", self.current_mode):
+            return None
+        return self.recommended_mode
+
+
+def measured_ms(value: float | None) -> float | None:
+    """An average duration of refresh_efficiency() (avg_diff_ms / avg_full_ms), or None when it is not a
+    measure: pg_trickle averages end_time - start_time of history rows, which it writes with one now()
+    (0 ms), so 0 means "not measured" (see RefreshEvent.duration_seconds)."""
+    return value if value is not None and value > 0 else None
 
 
 @dataclass(frozen=True)
@@ -179,7 +205,7 @@ def engine_of(version_text: str) -> str:
 
 _STREAM_TABLES = """
 SELECT pgt_id, pgt_schema, pgt_name, refresh_mode, schedule, status, is_populated,
-       consecutive_errors, data_timestamp, last_refresh_at, defining_query, original_query
+       consecutive_errors, data_timestamp, last_refresh_at, defining_query, original_query, last_error_message
   FROM pgtrickle.pgt_stream_tables
 """
 
@@ -233,6 +259,16 @@ def has_dependents(conn: psycopg.Connection, pgt_id: int) -> bool:
         (pgt_id,),
     ).fetchone()
     return bool(row[0])
+
+
+def failure_reason(conn: psycopg.Connection, table: StreamTable) -> str | None:
+    """Why a stream table is failing, as pg_trickle 0.67 records it: last_error_message for a permanent
+    error (status ERROR; no FAILED history row is written by its default parallel refresh workers), else the
+    error_message of the newest FAILED history row (transient errors counted towards SUSPENDED)."""
+    if table.last_error_message:
+        return table.last_error_message
+    event = last_failure(conn, table.pgt_id)
+    return event.error_message if event else None
 
 
 def last_failure(conn: psycopg.Connection, pgt_id: int) -> RefreshEvent | None:
@@ -364,7 +400,8 @@ def refresh_duration_buckets(
     conn: psycopg.Connection, up_to_refresh_id: int, bounds: tuple[float, ...]
 ) -> list[DurationBuckets]:
     """Duration histogram of the COMPLETED refreshes that did work, per stream table, with refresh_id <=
-    `up_to_refresh_id` (one pass over the history: start-up only)."""
+    `up_to_refresh_id` (one pass over the history: start-up only). Only measured durations count: a row
+    whose end_time equals its start_time (pg_trickle 0.67 writes both with one now()) is left out."""
     filters = sql.SQL(", ").join(
         sql.SQL("count(*) FILTER (WHERE d <= {})").format(sql.Literal(float(bound))) for bound in bounds
     )
@@ -373,7 +410,7 @@ def refresh_duration_buckets(
                   coalesce(sum(d), 0)::float8 AS sum_seconds
              FROM (SELECT pgt_id, extract(epoch FROM end_time - start_time)::float8 AS d
                      FROM pgtrickle.pgt_refresh_history
-                    WHERE refresh_id <= %s AND status = 'COMPLETED' AND end_time IS NOT NULL
+                    WHERE refresh_id <= %s AND status = 'COMPLETED' AND end_time > start_time
                       AND action = ANY(%s)) h
             GROUP BY pgt_id"""
     ).format(filters)

@@ -103,8 +103,9 @@ def dag(conn: psycopg.Connection) -> dict:
 
 
 def keeps(rec: pgtrickle.Recommendation) -> bool:
-    """True when the Advisor's answer is to keep the configured mode (KEEP, or the mode it already runs as)."""
-    return rec.recommended_mode in ("KEEP", rec.effective_mode or rec.current_mode, rec.current_mode)
+    """True when the Advisor recommends no change of the configured mode (KEEP, or the configured mode itself,
+    which pg_trickle repeats after a NO_DATA refresh: Recommendation.switch_to)."""
+    return rec.switch_to is None
 
 
 def verdict(rec: pgtrickle.Recommendation) -> str:
@@ -194,8 +195,9 @@ def _efficiency(conn: psycopg.Connection) -> list:
             "total_refreshes": e.total_refreshes,
             "diff_count": e.diff_count,
             "full_count": e.full_count,
-            "avg_diff_ms": e.avg_diff_ms,
-            "avg_full_ms": e.avg_full_ms,
+            # pg_trickle averages history durations it writes as 0 (one now()): 0 is shown as unmeasured.
+            "avg_diff_ms": pgtrickle.measured_ms(e.avg_diff_ms),
+            "avg_full_ms": pgtrickle.measured_ms(e.avg_full_ms),
             "avg_change_ratio": e.avg_change_ratio,
             "diff_speedup": e.diff_speedup,
         }

@@ -36,6 +36,7 @@ ALWAYS_PRESENT = {
     (action, status) for action in ("NO_DATA", "FULL", "DIFFERENTIAL") for status in ("COMPLETED", "FAILED")
 }
 MODES = ("DIFFERENTIAL", "FULL", "KEEP")
+SWITCH_MODES = ("DIFFERENTIAL", "FULL")  # what the Advisor can ask a table to be switched to
 CONFIDENCE = {"low": 1, "medium": 2, "high": 3}
 SEVERITIES = ("OK", "WARN", "ERROR")
 STAGES = ("connect", "catalog", "history", "change_buffers", "health_check", "engine_capacity", "analyses")
@@ -406,6 +407,12 @@ class PgTrickleCollector(Collector):
         confidence = GaugeMetricFamily(
             "pg_trickle_advisor_confidence", "Refresh Mode Advisor confidence: 1 low, 2 medium, 3 high", labels=labels
         )
+        switch = GaugeMetricFamily(
+            "pg_trickle_advisor_switch_recommended",
+            "Refresh Mode Advisor switch as a state set: 1 for the mode recommended instead of the configured one"
+            " (never KEEP nor the configured mode, which pg_trickle repeats after a NO_DATA refresh)",
+            labels=[*labels, "mode"],
+        )
         for st in tables:
             key = (st.pgt_schema, st.pgt_name)
             efficiency = latest.efficiency.get(key)
@@ -421,7 +428,9 @@ class PgTrickleCollector(Collector):
                     recommendation.add_metric([*key, mode], 1 if advice.recommended_mode == mode else 0)
                 if advice.confidence in CONFIDENCE:
                     confidence.add_metric(list(key), CONFIDENCE[advice.confidence])
-        return [ratio, speedup, recommendation, confidence]
+                for mode in SWITCH_MODES:
+                    switch.add_metric([*key, mode], 1 if advice.switch_to == mode else 0)
+        return [ratio, speedup, recommendation, confidence, switch]
 
     # -- the exporter itself ---------------------------------------------------------------------------
 

@@ -90,11 +90,7 @@ def classify(exc: BaseException, role: str | None = None) -> Problem:
         return Problem("Timeout", _message(exc), retryable=True)
     if isinstance(exc, pgerrors.UndefinedTable):
         return Problem("DependencyMissing", f"{_message(exc)} (retrying until it exists)", retryable=True)
-    if isinstance(exc, pgerrors.DependentObjectsStillExist) or (
-        # pg_trickle refuses to drop a stream table others read with InvalidArgument (22023), not 2BP01
-        # (src/api/alter.rs drop_stream_table_impl_inner)
-        isinstance(exc, pgerrors.InvalidParameterValue) and "has dependent stream tables" in str(exc)
-    ):
+    if isinstance(exc, pgerrors.DependentObjectsStillExist) or _dependents_refusal(exc):
         return Problem("DependentsExist", _message(exc), retryable=True)
     if isinstance(exc, pgerrors.InsufficientPrivilege):
         message = _message(exc) if role is None else f"role {role}: {_message(exc)}"
@@ -106,6 +102,17 @@ def classify(exc: BaseException, role: str | None = None) -> Problem:
     if isinstance(exc, psycopg.Error):
         return Problem("DatabaseError", _message(exc), retryable=False)
     return Problem("InternalError", f"{exc.__class__.__name__}: {exc}", retryable=True)
+
+
+# pg_trickle 0.67 refuses to drop a stream table that others read with InvalidArgument (SQLSTATE 22023,
+# src/api/alter.rs::drop_stream_table_impl_inner: "... has dependent stream tables: ..."); 22023 also means a
+# bad schedule or mode, which waits for a spec change, so the message tells them apart.
+_INVALID_ARGUMENT = "22023"
+_DEPENDENTS_MARK = "has dependent stream tables"
+
+
+def _dependents_refusal(exc: BaseException) -> bool:
+    return getattr(exc, "sqlstate", None) == _INVALID_ARGUMENT and _DEPENDENTS_MARK in str(exc)
 
 
 def _message(exc: psycopg.Error) -> str:
@@ -130,8 +137,7 @@ def observe(conn: psycopg.Connection, name: str, status_lookup: StatusLookup = _
         return None
     failure = None
     if table.status in ("ERROR", "SUSPENDED") or table.consecutive_errors > 0:
-        event = pgtrickle.last_failure(conn, table.pgt_id)
-        failure = event.error_message if event else None
+        failure = pgtrickle.failure_reason(conn, table)
     return Observation(table, status_lookup(conn, table), failure)
 
 

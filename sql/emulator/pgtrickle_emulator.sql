@@ -3,9 +3,10 @@
 -- For machines where the pg_trickle extension cannot be installed (CI, tests, `make preview`). Function
 -- names, argument names/order/defaults and catalog columns follow pg_trickle (0.67 / 0.108 common surface,
 -- see ../shared/reference/pg_trickle-api.md). Every refresh is a full recomputation whose row differences
--- are applied to the stream table; everything reported is measured, and what cannot be measured is NULL.
--- pgtrickle.version() says "emulator". See README.md beside this file; CONFORMANCE.md lists each pg_trickle
--- behaviour the project relies on, its source, its test, and whether the emulator does the same.
+-- are applied to the stream table; the catalog and the history record what pg_trickle 0.67 records for the
+-- same refresh, and a figure only the engine measures is NULL. pgtrickle.version() says "emulator".
+-- See README.md beside this file; CONFORMANCE.md lists each pg_trickle behaviour the project relies on,
+-- its source, its test, and whether the emulator does the same.
 
 CREATE SCHEMA pgtrickle;
 COMMENT ON SCHEMA pgtrickle IS 'pg_trickle emulator (full recomputation with row-level diff); not the real extension';
@@ -106,16 +107,16 @@ CREATE TABLE pgtrickle.pgt_refresh_history (
 CREATE INDEX pgt_refresh_history_pgt_start_idx ON pgtrickle.pgt_refresh_history (pgt_id, start_time DESC);
 CREATE INDEX pgt_refresh_history_start_idx ON pgtrickle.pgt_refresh_history (start_time DESC);
 -- refresh_efficiency() and recommend_refresh_mode() read "the latest 100 COMPLETED rows of action X" and "the
--- latest 100 COMPLETED rows that changed something" per stream table: these two partial indexes make both
--- bounded reads, however many NO_DATA rows (or no DIFFERENTIAL rows at all) the history holds.
+-- latest 100 COMPLETED rows" per stream table (src/diagnostics.rs::gather_history_stats): these two partial
+-- indexes make both bounded reads, however many rows (or no DIFFERENTIAL rows at all) the history holds.
 CREATE INDEX pgt_refresh_history_completed_action_idx ON pgtrickle.pgt_refresh_history (pgt_id, action, start_time DESC)
     INCLUDE (end_time) WHERE status = 'COMPLETED';
-CREATE INDEX pgt_refresh_history_changed_idx ON pgtrickle.pgt_refresh_history (pgt_id, start_time DESC)
-    INCLUDE (rows_inserted, rows_deleted) WHERE status = 'COMPLETED' AND rows_inserted + rows_deleted > 0;
--- Without statistics on the expression the planner guesses a third of the rows changed something and may
--- prefer filtering the start_time index, which is unbounded on a NO_DATA-heavy history.
-CREATE STATISTICS pgtrickle.pgt_refresh_history_changed_stat ON (rows_inserted + rows_deleted)
-    FROM pgtrickle.pgt_refresh_history;
+CREATE INDEX pgt_refresh_history_completed_idx ON pgtrickle.pgt_refresh_history (pgt_id, start_time DESC)
+    INCLUDE (rows_inserted, rows_deleted) WHERE status = 'COMPLETED';
+-- These reads compare pgt_id with a parameter (one stream table of a LATERAL join): planned with the true
+-- handful of distinct pgt_ids, a global newest-first scan filtering pgt_id looks cheaper, and is unbounded
+-- for a table refreshed rarely among busy ones. Planning as if ids were many keeps the per-table ranges.
+ALTER TABLE pgtrickle.pgt_refresh_history ALTER COLUMN pgt_id SET (n_distinct = 10000);
 
 CREATE TABLE pgtrickle.pgt_dependencies (
     pgt_id                 bigint NOT NULL REFERENCES pgtrickle.pgt_stream_tables (pgt_id) ON DELETE CASCADE,
@@ -904,24 +905,63 @@ BEGIN
     INTO rows_inserted, rows_deleted;
 END $$;
 
--- Starts a history row (RUNNING) and returns its id.
+-- Starts a history row (RUNNING) and returns its id. The action is the one pg_trickle records for the same
+-- refresh, whatever the emulator runs (it always recomputes): src/api/helpers.rs (initial fill: FULL),
+-- src/refresh/orchestrator.rs::determine_refresh_action (scheduler: REINITIALIZE when needs_reinit, else
+-- DIFFERENTIAL for DIFFERENTIAL tables, FULL otherwise), src/api/refresh_ops.rs::execute_manual_refresh
+-- (manual: DIFFERENTIAL for a DIFFERENTIAL table with a frontier and no TopK, else FULL). start_time is now(),
+-- the refresh transaction's time, as src/catalog.rs::RefreshRecord::insert writes it.
 CREATE FUNCTION pgtrickle.emulator_begin_refresh(p_pgt_id bigint, p_initiated_by text) RETURNS bigint
 LANGUAGE sql AS $$
     INSERT INTO pgtrickle.pgt_refresh_history (pgt_id, data_timestamp, start_time, action, status, initiated_by)
-    SELECT pgt_id, coalesce(data_timestamp, clock_timestamp()), clock_timestamp(), 'FULL', 'RUNNING', p_initiated_by
+    SELECT pgt_id, coalesce(data_timestamp, now()), now(),
+           CASE WHEN p_initiated_by = 'INITIAL' THEN 'FULL'
+                WHEN p_initiated_by = 'SCHEDULER' AND needs_reinit THEN 'REINITIALIZE'
+                WHEN p_initiated_by = 'SCHEDULER' AND refresh_mode = 'DIFFERENTIAL' THEN 'DIFFERENTIAL'
+                WHEN p_initiated_by <> 'SCHEDULER' AND refresh_mode = 'DIFFERENTIAL' AND frontier IS NOT NULL
+                     AND topk_limit IS NULL THEN 'DIFFERENTIAL'
+                ELSE 'FULL' END,
+           'RUNNING', p_initiated_by
       FROM pgtrickle.pgt_stream_tables WHERE pgt_id = p_pgt_id
     RETURNING refresh_id
 $$;
 
--- Runs the refresh a history row stands for and completes the row. With p_catch, an error is recorded
--- (FAILED, consecutive_errors + 1, SUSPENDED at 3) instead of raised, so a scheduler tick goes on.
+-- Is a refresh error transient (retried, counted towards SUSPENDED) or permanent (status ERROR at once)?
+-- pg_trickle's scheduler classifies the message of a PostgreSQL error raised by a refresh with
+-- src/error.rs::classify_error_for_retry, which falls back to classify_spi_error_retryable (the message
+-- carries no bracketed SQLSTATE): permanent when the message names a missing object, a syntax error, a
+-- permission, a constraint, a division by zero or a duplicate; otherwise transient (unknown errors included).
+CREATE FUNCTION pgtrickle.emulator_error_is_retryable(p_message text) RETURNS boolean
+LANGUAGE sql IMMUTABLE AS $$
+    SELECT NOT (lower(coalesce(p_message, '')) LIKE ANY (ARRAY[
+        '%does not exist%', '%syntax error%', '%column of relation%', '%permission denied%',
+        '%insufficient_privilege%', '%unique constraint%', '%foreign key constraint%', '%not-null constraint%',
+        '%check constraint%', '%violates%', '%division by zero%', '%already exists%']))
+$$;
+
+-- Runs the refresh a history row stands for and completes the row. With p_catch (the scheduler), an error
+-- is handled as pg_trickle's scheduler handles it (src/scheduler/mod.rs::refresh_single_st and
+-- execute_scheduled_refresh, src/scheduler/dispatch.rs): a permanent error (emulator_error_is_retryable)
+-- sets status ERROR, last_error_message and last_error_at at once and leaves no history row (the refresh
+-- transaction that held the RUNNING row is rolled back, as in the default parallel-worker path); a transient
+-- error completes the row as FAILED, adds to consecutive_errors and suspends at 3
+-- (pg_trickle.max_consecutive_errors) with the auto_suspended alert. Without p_catch (manual refresh, alter)
+-- the error is raised to the caller and, the caller's transaction aborting, nothing is recorded.
+-- The figures recorded are the engine's for the same refresh (src/refresh/merge/mod.rs): a FULL or
+-- REINITIALIZE refresh records all rows of the table as inserted and 0 deleted; a DIFFERENTIAL one records
+-- the rows its MERGE touched (here the rows the diff inserted or deleted: an updated row counts twice where
+-- the MERGE counts it once), at least 1 when a source changed, and 0 deleted; the initial fill records 0 / 0
+-- (src/api/helpers.rs). end_time is now(), as src/catalog.rs::RefreshRecord::complete writes it: start and
+-- end are the same transaction time, so a history duration is never a measure (on the engine either).
 CREATE FUNCTION pgtrickle.emulator_finish_refresh(p_refresh_id bigint, p_catch boolean DEFAULT true) RETURNS text
 LANGUAGE plpgsql AS $$
 DECLARE
     h pgtrickle.pgt_refresh_history;
     consumed jsonb;
+    changed boolean;
     ins bigint;
     del bigint;
+    rec_ins bigint;
     finished timestamptz;
     elapsed_ms double precision;
     message text;
@@ -929,9 +969,10 @@ DECLARE
 BEGIN
     SELECT * INTO STRICT h FROM pgtrickle.pgt_refresh_history WHERE refresh_id = p_refresh_id;
     -- One refresh of a stream table at a time (two concurrent diffs against the same stored rows would
-    -- both insert the new rows). Like pg_trickle, a manual refresh while another runs is an error; the
-    -- scheduler records the table as skipped and tries again on a later tick. The lock is held until the
-    -- transaction ends, and every statement below reads a snapshot taken after it was granted.
+    -- both insert the new rows). A manual refresh checks this lock itself first (refresh_stream_table:
+    -- a NOTICE, as pg_trickle's); the scheduler records the table as skipped and tries again on a later
+    -- tick. The lock is held until the transaction ends, and every statement below reads a snapshot taken
+    -- after it was granted.
     IF NOT pg_try_advisory_xact_lock((pgtrickle.emulator_lock_keys()).key1 + 1, h.pgt_id::integer) THEN
         IF NOT p_catch THEN
             RAISE EXCEPTION 'refresh of stream table % is already in progress',
@@ -939,13 +980,14 @@ BEGIN
                 USING ERRCODE = 'object_in_use';
         END IF;
         UPDATE pgtrickle.pgt_refresh_history
-           SET action = 'SKIP', status = 'SKIPPED', end_time = clock_timestamp(),
+           SET action = 'SKIP', status = 'SKIPPED', end_time = now(),
                error_message = 'another refresh of this stream table was in progress'
          WHERE refresh_id = p_refresh_id;
         RETURN 'SKIPPED';
     END IF;
     -- What the sources look like *before* the recomputation: later changes trigger another refresh.
     consumed := pgtrickle.emulator_current_frontier(h.pgt_id);
+    changed := pgtrickle.emulator_sources_changed(h.pgt_id);
     BEGIN
         SELECT a.rows_inserted, a.rows_deleted INTO ins, del FROM pgtrickle.emulator_apply(h.pgt_id) a;
     EXCEPTION WHEN OTHERS THEN
@@ -953,14 +995,20 @@ BEGIN
             RAISE;
         END IF;
         message := SQLERRM;
-        finished := clock_timestamp();
+        IF NOT pgtrickle.emulator_error_is_retryable(message) THEN
+            DELETE FROM pgtrickle.pgt_refresh_history WHERE refresh_id = p_refresh_id;
+            UPDATE pgtrickle.pgt_stream_tables
+               SET status = 'ERROR', last_error_message = message, last_error_at = now(), updated_at = now()
+             WHERE pgt_id = h.pgt_id;
+            RETURN 'ERROR';
+        END IF;
         UPDATE pgtrickle.pgt_refresh_history
-           SET status = 'FAILED', end_time = finished, error_message = message
+           SET status = 'FAILED', end_time = now(), error_message = message
          WHERE refresh_id = p_refresh_id;
         UPDATE pgtrickle.pgt_stream_tables
-           SET consecutive_errors = consecutive_errors + 1, last_error_message = message, last_error_at = finished,
+           SET consecutive_errors = consecutive_errors + 1,
                status = CASE WHEN consecutive_errors + 1 >= 3 THEN 'SUSPENDED' ELSE status END,
-               updated_at = finished
+               updated_at = now()
          WHERE pgt_id = h.pgt_id
         RETURNING consecutive_errors INTO errors;
         IF errors = 3 THEN  -- just suspended: pg_trickle's alert, as resume_stream_table sends 'resumed'
@@ -974,42 +1022,53 @@ BEGIN
     END;
     finished := clock_timestamp();
     elapsed_ms := extract(epoch FROM finished - h.start_time) * 1000;
+    rec_ins := CASE WHEN h.initiated_by = 'INITIAL' THEN 0
+                    WHEN h.action = 'DIFFERENTIAL' THEN CASE WHEN changed THEN greatest(ins + del, 1) ELSE 0 END
+                    ELSE (SELECT s.row_count + ins - del FROM pgtrickle.emulator_stats s WHERE s.pgt_id = h.pgt_id) END;
     UPDATE pgtrickle.pgt_refresh_history
-       SET status = 'COMPLETED', end_time = finished, rows_inserted = ins, rows_deleted = del,
-           delta_row_count = ins + del, merge_strategy_used = 'emulator_full_diff',
+       SET status = 'COMPLETED', end_time = now(), rows_inserted = rec_ins, rows_deleted = 0,
+           delta_row_count = CASE WHEN h.initiated_by = 'SCHEDULER' THEN rec_ins ELSE 0 END,
+           merge_strategy_used = CASE WHEN h.initiated_by = 'MANUAL' THEN NULL ELSE h.action END,
+           was_full_fallback = (h.action = 'REINITIALIZE'),
            data_timestamp = CASE WHEN ins + del > 0 THEN h.start_time ELSE data_timestamp END
      WHERE refresh_id = p_refresh_id;
     UPDATE pgtrickle.pgt_stream_tables
        SET is_populated = true, consecutive_errors = 0, frontier = consumed, last_refresh_at = finished,
            data_timestamp = CASE WHEN ins + del > 0 OR data_timestamp IS NULL THEN h.start_time ELSE data_timestamp END,
            last_full_ms = elapsed_ms,
-           effective_refresh_mode = CASE WHEN topk_limit IS NOT NULL THEN 'TOP_K' ELSE 'FULL' END,
+           effective_refresh_mode = CASE WHEN topk_limit IS NOT NULL THEN 'TOP_K'
+                                         WHEN h.action = 'DIFFERENTIAL' THEN 'DIFFERENTIAL' ELSE 'FULL' END,
+           needs_reinit = false, last_error_message = NULL, last_error_at = NULL,
            status = CASE WHEN status = 'INITIALIZING' THEN 'ACTIVE' ELSE status END, updated_at = finished
      WHERE pgt_id = h.pgt_id;
     PERFORM pgtrickle.emulator_consume_buffers(h.pgt_id);
     UPDATE pgtrickle.emulator_stats
-       SET row_count = row_count + ins - del, total_completed = total_completed + 1, full_count = full_count + 1,
-           rows_inserted = rows_inserted + ins, rows_deleted = rows_deleted + del,
+       SET row_count = row_count + ins - del, total_completed = total_completed + 1,
+           full_count = full_count + CASE WHEN h.action = 'FULL' THEN 1 ELSE 0 END,
+           diff_count = diff_count + CASE WHEN h.action = 'DIFFERENTIAL' THEN 1 ELSE 0 END,
+           rows_inserted = rows_inserted + rec_ins,
            sum_duration_ms = sum_duration_ms + elapsed_ms
      WHERE pgt_id = h.pgt_id;
     RETURN 'COMPLETED';
 END $$;
 
--- Due but nothing changed upstream: a NO_DATA row, as pg_trickle's scheduler writes.
+-- Due but nothing changed upstream: a NO_DATA row, as pg_trickle's scheduler writes (start_time and end_time
+-- both now(), src/catalog.rs::RefreshRecord; last errors cleared, src/catalog.rs::update_after_no_data_refresh).
 CREATE FUNCTION pgtrickle.emulator_record_no_data(p_pgt_id bigint) RETURNS void
 LANGUAGE plpgsql AS $$
 DECLARE
-    started timestamptz := clock_timestamp();
+    started timestamptz := now();
 BEGIN
     IF NOT pg_try_advisory_xact_lock((pgtrickle.emulator_lock_keys()).key1 + 1, p_pgt_id::integer) THEN
         RETURN;  -- a refresh of this table is running: it records the outcome, nothing to add
     END IF;
     INSERT INTO pgtrickle.pgt_refresh_history
            (pgt_id, data_timestamp, start_time, end_time, action, status, initiated_by)
-    SELECT pgt_id, coalesce(data_timestamp, started), started, clock_timestamp(), 'NO_DATA', 'COMPLETED', 'SCHEDULER'
+    SELECT pgt_id, coalesce(data_timestamp, started), started, started, 'NO_DATA', 'COMPLETED', 'SCHEDULER'
       FROM pgtrickle.pgt_stream_tables WHERE pgt_id = p_pgt_id;
     UPDATE pgtrickle.pgt_stream_tables
-       SET last_refresh_at = clock_timestamp(), consecutive_errors = 0, updated_at = clock_timestamp()
+       SET last_refresh_at = clock_timestamp(), consecutive_errors = 0, last_error_message = NULL,
+           last_error_at = NULL, updated_at = clock_timestamp()
      WHERE pgt_id = p_pgt_id;
     UPDATE pgtrickle.emulator_stats SET total_completed = total_completed + 1 WHERE pgt_id = p_pgt_id;
 END $$;
@@ -1118,8 +1177,8 @@ BEGIN
     RETURN written;
 END $$;
 
--- The scheduler loop: one session drives the whole DAG. Each refresh commits its RUNNING row first (so
--- other sessions see it running), then its outcome. Stops on cancel/terminate, or after max_ticks.
+-- The scheduler loop: one session drives the whole DAG. Each refresh is one transaction (its history row
+-- is written RUNNING and completed in it, as pg_trickle's worker does). Stops on cancel/terminate, or after max_ticks.
 CREATE PROCEDURE pgtrickle.emulator_run(tick_interval_ms integer DEFAULT 500, max_ticks integer DEFAULT NULL)
 LANGUAGE plpgsql AS $$
 DECLARE
@@ -1142,8 +1201,9 @@ BEGIN
         FOR item IN SELECT o.pgt_id FROM pgtrickle.emulator_topological_order() o LOOP
             action := pgtrickle.emulator_due_action(item.pgt_id);
             IF action = 'REFRESH' THEN
+                -- One transaction per refresh, RUNNING row included, as pg_trickle's refresh worker: other
+                -- sessions never see a RUNNING row, and start_time = end_time = now() of that transaction.
                 refresh_id := pgtrickle.emulator_begin_refresh(item.pgt_id, 'SCHEDULER');
-                COMMIT;
                 PERFORM pgtrickle.emulator_finish_refresh(refresh_id);
                 COMMIT;
             ELSIF action = 'NO_DATA' THEN
@@ -1721,26 +1781,47 @@ BEGIN
     PERFORM pgtrickle.emulator_detach_capture_if_unused(relid) FROM unnest(previous_sources) relid;
 END $$;
 
+-- pg_trickle's manual refresh (src/api/refresh_ops.rs::refresh_stream_table_impl): a SUSPENDED or ERROR table
+-- is refused with InvalidArgument (SQLSTATE 22023, "invalid argument: ..." as src/api/mod.rs::
+-- raise_error_with_context reports it); when another refresh of the table holds its lock, RefreshSkipped is a
+-- NOTICE "refresh skipped: ..." and the call returns normally.
 CREATE FUNCTION pgtrickle.refresh_stream_table(name text) RETURNS void
 LANGUAGE plpgsql AS $$
 DECLARE
     st pgtrickle.pgt_stream_tables := pgtrickle.emulator_lookup(name);
 BEGIN
+    IF st.status IN ('SUSPENDED', 'ERROR') THEN
+        RAISE EXCEPTION 'invalid argument: stream table %.% is % ; use pgtrickle.resume_stream_table(''%'') first',
+            st.pgt_schema, st.pgt_name,
+            CASE st.status WHEN 'SUSPENDED' THEN 'suspended' ELSE 'in error state' END,
+            CASE WHEN st.pgt_schema = 'public' THEN st.pgt_name ELSE st.pgt_schema || '.' || st.pgt_name END
+            USING ERRCODE = 'invalid_parameter_value',
+                  HINT = 'See docs/SQL_REFERENCE.md for valid parameter values and syntax.';
+    END IF;
+    IF NOT pg_try_advisory_xact_lock((pgtrickle.emulator_lock_keys()).key1 + 1, st.pgt_id::integer) THEN
+        RAISE NOTICE 'refresh skipped: %.% — another refresh is already in progress', st.pgt_schema, st.pgt_name;
+        RETURN;
+    END IF;
     -- Synchronous, in the caller's transaction; an error is raised to the caller (nothing recorded).
     PERFORM pgtrickle.emulator_finish_refresh(pgtrickle.emulator_begin_refresh(st.pgt_id, 'MANUAL'), false);
 END $$;
 
+-- src/api/alter.rs::resume_stream_table_impl: only SUSPENDED or ERROR tables (else InvalidArgument, 22023);
+-- clears consecutive_errors, last_error_message and last_error_at; the 'resumed' alert.
 CREATE FUNCTION pgtrickle.resume_stream_table(name text) RETURNS void
 LANGUAGE plpgsql AS $$
 DECLARE
     st pgtrickle.pgt_stream_tables := pgtrickle.emulator_lookup(name);
 BEGIN
     IF st.status NOT IN ('SUSPENDED', 'ERROR') THEN
-        RAISE EXCEPTION 'stream table "%.%" is % (only SUSPENDED or ERROR tables can be resumed)', st.pgt_schema, st.pgt_name, st.status
-            USING ERRCODE = 'object_not_in_prerequisite_state';
+        RAISE EXCEPTION 'invalid argument: stream table %.% is not suspended or in error state (current status: %)',
+            st.pgt_schema, st.pgt_name, st.status
+            USING ERRCODE = 'invalid_parameter_value',
+                  HINT = 'See docs/SQL_REFERENCE.md for valid parameter values and syntax.';
     END IF;
     UPDATE pgtrickle.pgt_stream_tables
-       SET status = 'ACTIVE', consecutive_errors = 0, last_error_message = NULL, updated_at = now()
+       SET status = 'ACTIVE', consecutive_errors = 0, last_error_message = NULL, last_error_at = NULL,
+           updated_at = now()
      WHERE pgt_id = st.pgt_id;
     PERFORM pg_notify('pg_trickle_alert', json_build_object('event', 'resumed', 'pgt_schema', st.pgt_schema,
                                                            'pgt_name', st.pgt_name)::text);
@@ -1952,7 +2033,7 @@ SELECT i.pgt_id, i.pgt_schema, i.pgt_name, i.status, i.refresh_mode, i.is_popula
        s.total_failed AS failed_refreshes,
        s.rows_inserted AS total_rows_inserted,
        s.rows_deleted AS total_rows_deleted,
-       CASE WHEN s.full_count > 0 THEN s.sum_duration_ms / s.full_count END AS avg_duration_ms,
+       CASE WHEN s.full_count + s.diff_count > 0 THEN s.sum_duration_ms / (s.full_count + s.diff_count) END AS avg_duration_ms,
        last.action AS last_action, last.status AS last_status,
        (SELECT array_agg(DISTINCT d.cdc_mode) FROM pgtrickle.pgt_dependencies d WHERE d.pgt_id = i.pgt_id) AS cdc_modes,
        i.scc_id, i.last_fixpoint_iterations, i.refresh_tier
@@ -2151,9 +2232,13 @@ LANGUAGE sql STABLE AS $$
      LIMIT max_rows
 $$;
 
--- refresh_efficiency: pg_trickle's formulas over COMPLETED history rows. The emulator only ever runs
--- full recomputations, so diff_count is 0, avg_diff_ms and diff_speedup are NULL (not measured).
--- avg_change_ratio divides by the exact current row count (pg_trickle uses pg_class.reltuples).
+-- refresh_efficiency: src/api/helpers.rs::refresh_efficiency over src/diagnostics.rs::gather_history_stats.
+-- total_refreshes, diff_count and full_count count every COMPLETED row (of any action, of action DIFFERENTIAL,
+-- of action FULL; kept as running totals in emulator_stats). avg_diff_ms / avg_full_ms average end_time -
+-- start_time over the latest 100 COMPLETED rows of the action: pg_trickle writes both with now() of one
+-- transaction (src/catalog.rs::RefreshRecord), so they are 0 on the engine and here alike, never a measure.
+-- avg_change_ratio averages (rows_inserted + rows_deleted) / greatest(reltuples of the stream table, 1) over
+-- the latest 100 COMPLETED rows of any action, NO_DATA rows included in the window (they add no term).
 CREATE FUNCTION pgtrickle.refresh_efficiency()
 RETURNS TABLE (pgt_schema text, pgt_name text, refresh_mode text, total_refreshes bigint, diff_count bigint,
                full_count bigint, avg_diff_ms double precision, avg_full_ms double precision,
@@ -2170,29 +2255,52 @@ LANGUAGE sql STABLE AS $$
             SELECT avg(extract(epoch FROM h.end_time - h.start_time) * 1000)::double precision AS avg_ms
               FROM (SELECT * FROM pgtrickle.pgt_refresh_history h
                      WHERE h.pgt_id = st.pgt_id AND h.status = 'COMPLETED' AND h.action = 'DIFFERENTIAL'
-                     ORDER BY h.pgt_id, h.start_time DESC LIMIT 100) h) diff
+                     ORDER BY h.pgt_id, h.start_time DESC LIMIT 100) h
+             WHERE h.end_time IS NOT NULL) diff
       CROSS JOIN LATERAL (
             SELECT avg(extract(epoch FROM h.end_time - h.start_time) * 1000)::double precision AS avg_ms
               FROM (SELECT * FROM pgtrickle.pgt_refresh_history h
                      WHERE h.pgt_id = st.pgt_id AND h.status = 'COMPLETED' AND h.action = 'FULL'
-                     ORDER BY h.pgt_id, h.start_time DESC LIMIT 100) h) full_
+                     ORDER BY h.pgt_id, h.start_time DESC LIMIT 100) h
+             WHERE h.end_time IS NOT NULL) full_
       CROSS JOIN LATERAL (
-            SELECT avg((h.rows_inserted + h.rows_deleted)::double precision / greatest(s.row_count, 1)) AS avg_ratio
-              FROM (SELECT * FROM pgtrickle.pgt_refresh_history h
-                     WHERE h.pgt_id = st.pgt_id AND h.status = 'COMPLETED' AND h.rows_inserted + h.rows_deleted > 0
+            SELECT avg(CASE WHEN h.rows_inserted + h.rows_deleted > 0
+                            THEN (h.rows_inserted + h.rows_deleted)::double precision
+                                 / greatest((SELECT greatest(c.reltuples, 1.0) FROM pg_catalog.pg_class c
+                                              WHERE c.oid = st.pgt_relid), 1.0) END) AS avg_ratio
+              FROM (SELECT h.rows_inserted, h.rows_deleted FROM pgtrickle.pgt_refresh_history h
+                     WHERE h.pgt_id = st.pgt_id AND h.status = 'COMPLETED'
                      ORDER BY h.pgt_id, h.start_time DESC LIMIT 100) h) ratio
      ORDER BY st.pgt_schema, st.pgt_name
 $$;
 
--- The Refresh Mode Advisor with pg_trickle's weighted-signal formula, over the signals the emulator can
--- measure truthfully: change_ratio_current (w .25), change_ratio_avg (w .30, .10 below 10 history rows)
--- and target_size (w .10). empirical_timing, latency_variance, query_complexity and index_coverage are
--- not measured (NULL in signals, weight not counted), so confidence never reaches "high".
+-- The Refresh Mode Advisor: src/diagnostics.rs::collect_signals and compute_recommendation with the inputs
+-- of gather_all_signals, as src/api/helpers.rs::recommend_refresh_mode calls them. Every signal is gathered
+-- as the engine gathers it except query_complexity, which needs pg_trickle's DVM parser: it is not measured
+-- (score and weight NULL, not counted), where the engine always counts it with weight 0.10.
 CREATE FUNCTION pgtrickle.emulator_ratio_score(p_ratio double precision) RETURNS double precision
 LANGUAGE sql IMMUTABLE AS $$
     SELECT CASE WHEN p_ratio IS NULL THEN NULL
                 WHEN p_ratio < 0.05 THEN 1.0 WHEN p_ratio < 0.15 THEN 0.5 WHEN p_ratio < 0.30 THEN -0.3
                 WHEN p_ratio < 0.50 THEN -0.7 ELSE -1.0 END
+$$;
+
+-- src/diagnostics.rs::score_empirical_timing
+CREATE FUNCTION pgtrickle.emulator_timing_score(p_diff_ms double precision, p_full_ms double precision)
+RETURNS double precision
+LANGUAGE sql IMMUTABLE AS $$
+    SELECT CASE WHEN p_full_ms <= 0 THEN 0.0
+                WHEN p_diff_ms / p_full_ms < 0.3 THEN 1.0 WHEN p_diff_ms / p_full_ms < 0.7 THEN 0.5
+                WHEN p_diff_ms / p_full_ms < 1.0 THEN 0.2 WHEN p_diff_ms / p_full_ms < 1.5 THEN -0.5 ELSE -1.0 END
+$$;
+
+-- src/diagnostics.rs::format_bytes
+CREATE FUNCTION pgtrickle.emulator_format_bytes(p_bytes bigint) RETURNS text
+LANGUAGE sql IMMUTABLE AS $$
+    SELECT CASE WHEN p_bytes >= 1073741824 THEN to_char(p_bytes / 1073741824.0, 'FM999999990.0') || ' GB'
+                WHEN p_bytes >= 1048576 THEN to_char(p_bytes / 1048576.0, 'FM999999990.0') || ' MB'
+                WHEN p_bytes >= 1024 THEN to_char(p_bytes / 1024.0, 'FM999999990.0') || ' KB'
+                ELSE p_bytes || ' B' END
 $$;
 
 -- Pending changes of a stream table's plain sources: the rows of their change buffers, counted as the
@@ -2225,18 +2333,24 @@ LANGUAGE plpgsql STABLE AS $$
 #variable_conflict use_column
 DECLARE
     st record;
-    eff record;
-    pending bigint;
-    source_rows double precision;
+    eff text;
+    pending double precision;
+    tuples double precision;
     ratio_now double precision;
     ratio_avg double precision;
+    diff_ms double precision;
     full_ms double precision;
-    history_rows bigint;
+    total_rows bigint;
+    diff_rows bigint;
+    full_rows bigint;
+    p50 double precision;
+    p95 double precision;
     size_bytes bigint;
+    covering boolean;
     sig jsonb;
     total_w double precision;
     composite double precision;
-    max_w constant double precision := 1.20;  -- sum of all pg_trickle signal weights
+    max_w constant double precision := 1.20;  -- sum of the base weights of pg_trickle's seven signals
     promoted boolean;
     verdict text;
     conf text;
@@ -2249,55 +2363,92 @@ BEGIN
                                                FROM pgtrickle.emulator_split_name(recommend_refresh_mode.st_name) n)
          ORDER BY s.pgt_schema, s.pgt_name
     LOOP
+        -- change_ratio_current (gather_change_ratio): pending changes of TABLE and FOREIGN_TABLE sources (the
+        -- rows of their change buffers) over the sum of their greatest(reltuples, 1); no such source, no signal.
         pending := pgtrickle.emulator_pending_changes(st.pgt_id);
-        SELECT sum(greatest(c.reltuples, 0)) INTO source_rows
+        SELECT sum(greatest(c.reltuples, 1)) INTO tuples
           FROM pgtrickle.pgt_dependencies d JOIN pg_catalog.pg_class c ON c.oid = d.source_relid
-         WHERE d.pgt_id = st.pgt_id AND c.reltuples >= 0;
-        ratio_now := CASE WHEN source_rows > 0 THEN pending / source_rows END;
-        SELECT e.avg_change_ratio, e.avg_full_ms INTO ratio_avg, full_ms FROM pgtrickle.refresh_efficiency() e
+         WHERE d.pgt_id = st.pgt_id AND d.source_type IN ('TABLE', 'FOREIGN_TABLE');
+        ratio_now := CASE WHEN tuples > 0 THEN pending / tuples END;
+        -- gather_history_stats: the same windows as refresh_efficiency().
+        SELECT e.avg_change_ratio, e.avg_diff_ms, e.avg_full_ms, e.total_refreshes, e.diff_count, e.full_count
+          INTO ratio_avg, diff_ms, full_ms, total_rows, diff_rows, full_rows
+          FROM pgtrickle.refresh_efficiency() e
          WHERE e.pgt_schema = st.pgt_schema AND e.pgt_name = st.pgt_name;
-        SELECT count(*) INTO history_rows FROM (
-            SELECT 1 FROM pgtrickle.pgt_refresh_history h
-             WHERE h.pgt_id = st.pgt_id AND h.status = 'COMPLETED' AND h.rows_inserted + h.rows_deleted > 0
-             ORDER BY h.pgt_id, h.start_time DESC LIMIT 100) x;
-        size_bytes := pg_total_relation_size(st.pgt_relid);
-        -- The latest COMPLETED FULL or DIFFERENTIAL row: the newer of two one-row index reads.
-        SELECT x.action INTO eff FROM (
-            (SELECT h.action, h.start_time FROM pgtrickle.pgt_refresh_history h
-              WHERE h.pgt_id = st.pgt_id AND h.status = 'COMPLETED' AND h.action = 'FULL'
-              ORDER BY h.start_time DESC LIMIT 1)
-            UNION ALL
-            (SELECT h.action, h.start_time FROM pgtrickle.pgt_refresh_history h
-              WHERE h.pgt_id = st.pgt_id AND h.status = 'COMPLETED' AND h.action = 'DIFFERENTIAL'
-              ORDER BY h.start_time DESC LIMIT 1)) x
-         ORDER BY x.start_time DESC LIMIT 1;
+        p50 := NULL;
+        p95 := NULL;
+        IF least(diff_rows, 100) >= 20 THEN
+            SELECT percentile_cont(0.50) WITHIN GROUP (ORDER BY extract(epoch FROM h.end_time - h.start_time) * 1000),
+                   percentile_cont(0.95) WITHIN GROUP (ORDER BY extract(epoch FROM h.end_time - h.start_time) * 1000)
+              INTO p50, p95
+              FROM (SELECT h.start_time, h.end_time FROM pgtrickle.pgt_refresh_history h
+                     WHERE h.pgt_id = st.pgt_id AND h.status = 'COMPLETED' AND h.action = 'DIFFERENTIAL'
+                       AND h.end_time IS NOT NULL
+                     ORDER BY h.start_time DESC LIMIT 100) h;
+        END IF;
+        -- gather_target_size, gather_index_coverage
+        size_bytes := pg_relation_size(st.pgt_relid) + pg_indexes_size(st.pgt_relid);
+        covering := EXISTS (SELECT 1 FROM pg_catalog.pg_index i
+                              JOIN pg_catalog.pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = ANY (i.indkey)
+                             WHERE i.indrelid = st.pgt_relid AND a.attname = '__pgt_row_id');
+        -- Effective mode: the action of the latest COMPLETED row, whatever it is (NO_DATA included).
+        SELECT h.action INTO eff FROM pgtrickle.pgt_refresh_history h
+         WHERE h.pgt_id = st.pgt_id AND h.status = 'COMPLETED'
+         ORDER BY h.start_time DESC, h.refresh_id DESC LIMIT 1;
+        IF NOT FOUND THEN
+            eff := NULL;
+        END IF;
 
-        WITH measured(name, score, weight, detail) AS (
-            SELECT 'change_ratio_current', pgtrickle.emulator_ratio_score(ratio_now), 0.25,
-                   format('pending changes are %s of source rows', round(ratio_now::numeric, 3))
-             WHERE ratio_now IS NOT NULL
-            UNION ALL
-            SELECT 'change_ratio_avg', pgtrickle.emulator_ratio_score(ratio_avg),
-                   CASE WHEN history_rows < 10 THEN 0.10 ELSE 0.30 END,
-                   format('refreshes change %s of the rows on average', round(ratio_avg::numeric, 3))
-             WHERE ratio_avg IS NOT NULL
-            UNION ALL
-            SELECT 'target_size',
-                   CASE WHEN size_bytes < 1048576 THEN -0.3 WHEN size_bytes < 104857600 THEN 0.1
-                        WHEN size_bytes < 1073741824 THEN 0.5 ELSE 0.8 END,
-                   0.10, format('stream table size %s', pg_size_pretty(size_bytes))
+        WITH sigs(ord, name, score, weight, base_weight, detail) AS (
+            VALUES
+            (1, 'change_ratio_current',
+             CASE WHEN ratio_now IS NULL THEN 0.0 ELSE pgtrickle.emulator_ratio_score(ratio_now) END,
+             CASE WHEN ratio_now IS NULL THEN 0.0 ELSE 0.25 END, 0.25,
+             CASE WHEN ratio_now IS NULL THEN 'no current change data'
+                  ELSE 'current change ratio ' || to_char(ratio_now, 'FM999999990.000') END),
+            (2, 'change_ratio_avg',
+             CASE WHEN ratio_avg IS NULL THEN 0.0 ELSE pgtrickle.emulator_ratio_score(ratio_avg) END,
+             CASE WHEN ratio_avg IS NULL THEN 0.0 WHEN total_rows < 10 THEN 0.10 ELSE 0.30 END, 0.30,
+             CASE WHEN ratio_avg IS NULL THEN 'no refresh history'
+                  ELSE format('avg change ratio %s (%s history rows)', to_char(ratio_avg, 'FM999999990.000'), total_rows) END),
+            (3, 'empirical_timing',
+             CASE WHEN diff_ms IS NOT NULL AND full_ms IS NOT NULL AND diff_rows >= 5 AND full_rows >= 5
+                  THEN pgtrickle.emulator_timing_score(diff_ms, full_ms) ELSE 0.0 END,
+             CASE WHEN diff_ms IS NOT NULL AND full_ms IS NOT NULL AND diff_rows >= 5 AND full_rows >= 5
+                  THEN 0.35 ELSE 0.0 END, 0.35,
+             CASE WHEN diff_ms IS NOT NULL AND full_ms IS NOT NULL AND diff_rows >= 5 AND full_rows >= 5
+                  THEN format('DIFF avg %sms vs FULL avg %sms', to_char(diff_ms, 'FM999999990.0'), to_char(full_ms, 'FM999999990.0'))
+                  ELSE 'insufficient timing data (need ≥5 of each mode)' END),
+            (4, 'query_complexity', NULL::double precision, NULL::double precision, 0.10,
+             'query complexity not measured (the emulator has no DVM parser)'),
+            (5, 'target_size',
+             CASE WHEN size_bytes < 1048576 THEN -0.3 WHEN size_bytes < 104857600 THEN 0.1
+                  WHEN size_bytes < 1073741824 THEN 0.5 ELSE 0.8 END, 0.10, 0.10,
+             'target size ' || pgtrickle.emulator_format_bytes(size_bytes)),
+            (6, 'index_coverage', CASE WHEN covering THEN 0.2 ELSE -0.2 END, 0.05, 0.05,
+             CASE WHEN covering THEN 'covering index on row-id columns' ELSE 'no covering index on row-id columns' END),
+            (7, 'latency_variance',
+             CASE WHEN p50 IS NULL OR p95 IS NULL THEN 0.0 WHEN p50 <= 0 THEN 0.0
+                  WHEN p95 / p50 < 2.0 THEN 0.2 WHEN p95 / p50 < 5.0 THEN 0.0 ELSE -0.3 END,
+             CASE WHEN p50 IS NULL OR p95 IS NULL THEN 0.0 ELSE 0.05 END, 0.05,
+             CASE WHEN p50 IS NULL OR p95 IS NULL THEN 'insufficient latency data (need ≥20 DIFF rows)'
+                  ELSE format('P95/P50 = %s/%s = %s×', to_char(p95, 'FM999999990.0'), to_char(p50, 'FM999999990.0'),
+                              to_char(p95 / greatest(p50, 0.001), 'FM999999990.0')) END)
         )
-        SELECT sum(m.weight), sum(m.score * m.weight) / nullif(sum(m.weight), 0),
-               bool_or(m.weight >= 0.25 AND abs(m.score) >= 0.8),
-               (SELECT string_agg(x.detail, '; ' ORDER BY abs(x.score * x.weight) DESC, x.name)
-                  FROM (SELECT * FROM measured ORDER BY abs(score * weight) DESC, name LIMIT 2) x),
-               jsonb_agg(jsonb_build_object('name', m.name, 'score', m.score, 'weight', m.weight) ORDER BY m.name)
+        SELECT coalesce(sum(x.weight), 0),
+               CASE WHEN coalesce(sum(x.weight), 0) > 0 THEN sum(x.score * x.weight) / sum(x.weight) ELSE 0.0 END,
+               coalesce(bool_or(x.base_weight >= 0.25 AND abs(x.score) >= 0.8), false),
+               (SELECT string_agg(t.detail, '; ' ORDER BY t.rank)
+                  FROM (SELECT y.detail, row_number() OVER (ORDER BY abs(y.score * y.weight) DESC, y.ord) AS rank
+                          FROM sigs y WHERE y.weight > 0) t
+                 WHERE t.rank <= 2),
+               jsonb_agg(jsonb_build_object('name', x.name, 'score', x.score, 'weight', x.weight) ORDER BY x.ord)
           INTO total_w, composite, promoted, why, sig
-          FROM measured m;
+          FROM sigs x;
 
         verdict := CASE WHEN composite > 0.15 THEN 'DIFFERENTIAL' WHEN composite < -0.15 THEN 'FULL' ELSE 'KEEP' END;
-        IF verdict = eff.action THEN
-            verdict := 'KEEP';
+        IF verdict = eff THEN
+            verdict := 'KEEP';  -- compute_recommendation: never recommend what already effectively runs
         END IF;
         conf := CASE WHEN total_w >= 0.8 * max_w THEN 'high' WHEN total_w >= 0.5 * max_w THEN 'medium' ELSE 'low' END;
         IF conf = 'low' AND promoted THEN
@@ -2307,15 +2458,16 @@ BEGIN
         pgt_schema := st.pgt_schema;
         pgt_name := st.pgt_name;
         current_mode := st.refresh_mode;
-        effective_mode := eff.action;
+        effective_mode := eff;
         recommended_mode := verdict;
         confidence := conf;
-        reason := why;
+        reason := coalesce(why, 'no diagnostic data available');
         signals := jsonb_build_object(
             'change_ratio_current', ratio_now, 'change_ratio_avg', ratio_avg,
-            'diff_avg_ms', NULL, 'full_avg_ms', full_ms,
-            'diff_p95_ms', NULL, 'target_size_bytes', size_bytes, 'join_count', NULL, 'has_covering_index', NULL,
-            'history_rows_diff', 0, 'history_rows_full', history_rows, 'composite_score', composite,
+            'diff_avg_ms', diff_ms, 'full_avg_ms', full_ms,
+            'diff_p95_ms', p95, 'target_size_bytes', size_bytes, 'join_count', NULL,
+            'has_covering_index', covering,
+            'history_rows_diff', diff_rows, 'history_rows_full', full_rows, 'composite_score', composite,
             'signals', coalesce(sig, '[]'::jsonb));
         RETURN NEXT;
     END LOOP;

@@ -277,14 +277,16 @@ def test_lifecycle_signatures_match_the_reference(db):
 # -- lifecycle ---------------------------------------------------------------------------------------------
 
 
-def test_create_initialises_with_true_counts_and_records_sources(db):
+def test_create_initialises_and_records_the_initial_fill_as_the_engine_does(db):
     db.execute("CREATE TABLE t (id int PRIMARY KEY, g text, v int)")
     db.execute("INSERT INTO t SELECT i, 'g' || (i % 3), i FROM generate_series(1, 9) i")
     db.execute("SELECT pgtrickle.create_stream_table('agg', 'SELECT g, sum(v) AS s FROM t GROUP BY g', '1s')")
     st = {s.pgt_name: s for s in pgtrickle.stream_tables(db)}["agg"]
     assert (st.refresh_mode, st.schedule, st.status, st.is_populated) == ("DIFFERENTIAL", "1s", "ACTIVE", True)
     [(action, status, ins, dele, by, start, end, _)] = history(db, "agg")
-    assert (action, status, ins, dele, by) == ("FULL", "COMPLETED", 3, 0, "INITIAL") and start <= end
+    # pg_trickle records the initial fill as FULL 0 / 0 (src/api/helpers.rs), start and end both now()
+    assert (action, status, ins, dele, by) == ("FULL", "COMPLETED", 0, 0, "INITIAL") and start == end
+    assert db.execute("SELECT count(*) FROM agg").fetchone()[0] == 3
     deps = pgtrickle.dependencies(db)
     assert [(d.source, d.source_type) for d in deps] == [("public.t", "TABLE")]
     assert db.execute("SELECT columns_used FROM pgtrickle.pgt_dependencies").fetchone()[0] == ["g", "v"]
@@ -371,20 +373,23 @@ def test_manual_refresh_applies_only_the_true_differences(db):
     db.execute("INSERT INTO t SELECT i, i FROM generate_series(1, 10) i")
     db.execute("SELECT pgtrickle.create_stream_table('copy', 'SELECT id, v FROM t', '1s', 'FULL')")
     kept = db.execute("SELECT __pgt_row_id FROM copy WHERE id = 3").fetchone()[0]
+    top = db.execute("SELECT max(__pgt_row_id) FROM copy").fetchone()[0]
     db.execute("INSERT INTO t SELECT i, i FROM generate_series(11, 15) i")  # 5 new rows
     db.execute("UPDATE t SET v = -1 WHERE id = 1")  # 1 changed row: 1 delete + 1 insert
     db.execute("DELETE FROM t WHERE id IN (2, 4)")  # 2 deleted rows
     db.execute("SELECT pgtrickle.refresh_stream_table('copy')")
     action, status, ins, dele, by, start, end, _ = history(db, "copy")[-1]
-    assert (action, status, ins, dele, by) == ("FULL", "COMPLETED", 6, 3, "MANUAL")
-    assert end > start
+    # recorded as pg_trickle records a FULL refresh: every row of the table inserted, none deleted
+    assert (action, status, ins, dele, by) == ("FULL", "COMPLETED", 13, 0, "MANUAL")
+    assert end == start  # one now(): not a measured duration
+    assert db.execute("SELECT count(*) FROM copy WHERE __pgt_row_id > %s", (top,)).fetchone()[0] == 6  # 5 + 1
     assert db.execute("SELECT __pgt_row_id FROM copy WHERE id = 3").fetchone()[0] == kept  # untouched row stayed
     assert_matches_query(db, "copy")
 
 
 def test_one_refresh_of_a_table_at_a_time_manual_errors_scheduler_skips(db, emulator_db):
     """Two refreshes of one stream table must not overlap (both would insert the new rows): while one runs,
-    a manual refresh fails as pg_trickle's does and the scheduler records a SKIP and moves on."""
+    a manual refresh is skipped with a NOTICE as pg_trickle's is, and the scheduler records a SKIP and moves on."""
     db.execute("CREATE TABLE t (id int PRIMARY KEY, v int)")
     db.execute("INSERT INTO t SELECT i, i FROM generate_series(1, 10) i")
     db.execute("SELECT pgtrickle.create_stream_table('busy', 'SELECT id, v FROM t', '1s')")
@@ -393,13 +398,15 @@ def test_one_refresh_of_a_table_at_a_time_manual_errors_scheduler_skips(db, emul
     make_due(db)
     with psycopg.connect(emulator_db) as holder:  # a manual refresh inside a transaction still open
         holder.execute("SELECT pgtrickle.refresh_stream_table('busy')")
-        with pytest.raises(psycopg.errors.ObjectInUse, match="already in progress"):
-            db.execute("SELECT pgtrickle.refresh_stream_table('busy')")
+        notices: list[str] = []
+        db.add_notice_handler(lambda diag: notices.append(diag.message_primary))
+        db.execute("SELECT pgtrickle.refresh_stream_table('busy')")  # returns normally
+        assert notices == ["refresh skipped: public.busy — another refresh is already in progress"]
         db.execute("SELECT pgtrickle.emulator_tick()")
         assert history(db, "busy")[-1][:2] == ("SKIP", "SKIPPED")
-        assert history(db, "free")[-1][:4] == ("FULL", "COMPLETED", 1, 1)  # the rest of the DAG goes on
+        assert history(db, "free")[-1][:4] == ("DIFFERENTIAL", "COMPLETED", 2, 0)  # the rest of the DAG goes on
         holder.commit()
-    assert history(db, "busy")[-2][:5] == ("FULL", "COMPLETED", 3, 0, "MANUAL")
+    assert history(db, "busy")[-2][:5] == ("DIFFERENTIAL", "COMPLETED", 3, 0, "MANUAL")
     assert_matches_query(db, "busy")
     make_due(db)
     db.execute("SELECT pgtrickle.emulator_tick()")
@@ -419,17 +426,23 @@ def test_diff_handles_duplicates_and_nulls_as_multisets(db):
     db.execute("SELECT pgtrickle.create_stream_table('bag', 'SELECT a, b FROM t', '1s', 'FULL')")
     db.execute("DELETE FROM t WHERE ctid = (SELECT min(ctid) FROM t WHERE a = 1)")  # one of three duplicates
     db.execute("INSERT INTO t VALUES (NULL, NULL), (2, 'x')")
+    before = db.execute("SELECT max(__pgt_row_id), count(*) FROM bag").fetchone()
     db.execute("SELECT pgtrickle.refresh_stream_table('bag')")
-    assert history(db, "bag")[-1][2:4] == (2, 1)
+    after = db.execute("SELECT max(__pgt_row_id), count(*) FROM bag").fetchone()
+    assert after[1] == before[1] + 1 and after[0] == before[0] + 2  # 2 rows inserted, 1 deleted
+    assert history(db, "bag")[-1][2:4] == (6, 0)  # recorded as the engine's FULL refresh: all rows inserted
     assert_matches_query(db, "bag")
     db.execute("SELECT pgtrickle.refresh_stream_table('bag')")
-    assert history(db, "bag")[-1][2:4] == (0, 0)  # nothing changed, nothing applied
+    assert db.execute("SELECT max(__pgt_row_id), count(*) FROM bag").fetchone() == after  # nothing applied
 
 
 def test_resume_only_from_suspended_or_error(db):
     db.execute("CREATE TABLE t (v int)")
     db.execute("SELECT pgtrickle.create_stream_table('s', 'SELECT count(*) AS n FROM t', '1s')")
-    with pytest.raises(psycopg.errors.ObjectNotInPrerequisiteState, match="is ACTIVE"):
+    # src/api/alter.rs::resume_stream_table_impl: InvalidArgument, SQLSTATE 22023
+    with pytest.raises(
+        psycopg.errors.InvalidParameterValue, match=r"not suspended or in error state \(current status: ACTIVE\)"
+    ):
         db.execute("SELECT pgtrickle.resume_stream_table('s')")
 
 
@@ -446,10 +459,17 @@ def test_calculated_changes_propagate_through_three_levels_in_one_tick(db):
     make_due(db, "l1")
     assert db.execute("SELECT pgtrickle.emulator_tick()").fetchone()[0] == 3
     assert db.execute("SELECT s11 FROM l3").fetchone()[0] == 71
-    for name in ("l1", "l2", "l3"):
-        assert history(db, name)[-1][:5] == ("FULL", "COMPLETED", 1, 1, "SCHEDULER")
-    l1, l2, l3 = (history(db, n)[-1][5] for n in ("l1", "l2", "l3"))
-    assert l1 < l2 < l3  # upstream first
+    for name in ("l1", "l2", "l3"):  # the MERGE count pg_trickle records: one row updated (here deleted + inserted)
+        assert history(db, name)[-1][:5] == ("DIFFERENTIAL", "COMPLETED", 2, 0, "SCHEDULER")
+    ids = [
+        db.execute(
+            "SELECT max(refresh_id) FROM pgtrickle.pgt_refresh_history JOIN pgtrickle.pgt_stream_tables USING (pgt_id)"
+            " WHERE pgt_name = %s",
+            (n,),
+        ).fetchone()[0]
+        for n in ("l1", "l2", "l3")
+    ]
+    assert ids == sorted(ids)  # upstream first
 
 
 def test_due_but_unchanged_writes_no_data_and_keeps_data_timestamp(db):
@@ -465,34 +485,62 @@ def test_due_but_unchanged_writes_no_data_and_keeps_data_timestamp(db):
     assert after.data_timestamp == before.data_timestamp and after.last_refresh_at > before.last_refresh_at
 
 
-def test_failing_table_is_suspended_after_three_failures_while_others_continue(db):
+def test_permanent_error_sets_error_at_once_while_others_continue(db):
+    """src/scheduler/mod.rs (ERR-1b) and src/scheduler/dispatch.rs (ERR-1d): a permanent error (division by
+    zero, src/error.rs::classify_spi_error_retryable) sets ERROR and last_error_message at once; the rolled
+    back refresh leaves no history row; consecutive_errors does not move; the scheduler skips the table."""
     db.execute("CREATE TABLE t (x int)")
     db.execute("INSERT INTO t VALUES (1), (2)")
     db.execute("SELECT pgtrickle.create_stream_table('fragile', 'SELECT 100 / x AS y FROM t', '1s')")
     db.execute("SELECT pgtrickle.create_stream_table('sturdy', 'SELECT count(*) AS n FROM t', '1s')")
     db.execute("INSERT INTO t VALUES (0)")
-    db.execute("LISTEN pg_trickle_alert")
-    for expected_errors in (1, 2, 3):
-        make_due(db)
-        db.execute("SELECT pgtrickle.emulator_tick()")
-        fragile = {s.pgt_name: s for s in pgtrickle.stream_tables(db)}["fragile"]
-        assert fragile.consecutive_errors == expected_errors
-        last = history(db, "fragile")[-1]
-        assert last[1] == "FAILED" and "division by zero" in last[7]
-    assert fragile.status == "SUSPENDED"
-    [alert] = [json.loads(n.payload) for n in db.notifies(timeout=0) if n.channel == "pg_trickle_alert"]
-    assert alert["event"] == "auto_suspended" and alert["pgt_name"] == "fragile"
+    make_due(db)
+    db.execute("SELECT pgtrickle.emulator_tick()")
+    fragile = {s.pgt_name: s for s in pgtrickle.stream_tables(db)}["fragile"]
+    assert (fragile.status, fragile.consecutive_errors) == ("ERROR", 0)
+    assert "division by zero" in fragile.last_error_message
+    assert db.execute("SELECT last_error_at IS NOT NULL FROM pgtrickle.pgt_stream_tables WHERE pgt_name = 'fragile'")
+    assert [row[4] for row in history(db, "fragile")] == ["INITIAL"]  # no FAILED row
     assert db.execute("SELECT n FROM sturdy").fetchone()[0] == 3  # the rest of the DAG kept refreshing
     assert {r.check_name: r.severity for r in pgtrickle.health_check(db)}["error_tables"] == "ERROR"
     make_due(db)
     db.execute("SELECT pgtrickle.emulator_tick()")
-    assert history(db, "fragile")[-1][1] == "FAILED" and len(history(db, "fragile")) == 4  # not scheduled
+    assert len(history(db, "fragile")) == 1  # an ERROR table is not scheduled
     db.execute("DELETE FROM t WHERE x = 0")
     db.execute("SELECT pgtrickle.resume_stream_table('fragile')")
     make_due(db)
     db.execute("SELECT pgtrickle.emulator_tick()")
     fragile = {s.pgt_name: s for s in pgtrickle.stream_tables(db)}["fragile"]
-    assert (fragile.status, fragile.consecutive_errors, history(db, "fragile")[-1][1]) == ("ACTIVE", 0, "COMPLETED")
+    assert (fragile.status, fragile.last_error_message, history(db, "fragile")[-1][1]) == ("ACTIVE", None, "COMPLETED")
+
+
+def test_transient_errors_suspend_after_three_with_failed_rows(db):
+    """src/scheduler/mod.rs::execute_scheduled_refresh: a retryable error (an unknown message is retryable,
+    src/error.rs::classify_spi_error_retryable) completes the row as FAILED and counts towards SUSPENDED
+    (pg_trickle.max_consecutive_errors = 3) with the auto_suspended alert; last_error_message stays NULL."""
+    db.execute("CREATE TABLE t (x int)")
+    db.execute("INSERT INTO t VALUES (1)")
+    db.execute(
+        "CREATE FUNCTION flaky(v int) RETURNS int LANGUAGE plpgsql AS $$ BEGIN IF v < 0 THEN"
+        " RAISE EXCEPTION 'source temporarily unreachable' USING ERRCODE = '40001'; END IF; RETURN v; END $$"
+    )
+    db.execute("SELECT pgtrickle.create_stream_table('wobbly', 'SELECT flaky(x) AS y FROM t', '1s')")
+    db.execute("INSERT INTO t VALUES (-1)")
+    db.execute("LISTEN pg_trickle_alert")
+    for expected_errors in (1, 2, 3):
+        make_due(db)
+        db.execute("SELECT pgtrickle.emulator_tick()")
+        wobbly = pgtrickle.stream_tables(db)[0]
+        assert (wobbly.consecutive_errors, wobbly.last_error_message) == (expected_errors, None)
+        last = history(db, "wobbly")[-1]
+        assert last[:2] == ("DIFFERENTIAL", "FAILED") and "temporarily unreachable" in last[7]
+    assert wobbly.status == "SUSPENDED"
+    assert pgtrickle.failure_reason(db, wobbly) == "source temporarily unreachable"
+    [alert] = [json.loads(n.payload) for n in db.notifies(timeout=0) if n.channel == "pg_trickle_alert"]
+    assert alert["event"] == "auto_suspended" and alert["pgt_name"] == "wobbly"
+    make_due(db)
+    db.execute("SELECT pgtrickle.emulator_tick()")
+    assert len(history(db, "wobbly")) == 4  # a SUSPENDED table is not scheduled
 
 
 def test_emulator_run_commits_as_it_goes_and_refuses_a_second_scheduler(emulator_db):
@@ -552,6 +600,9 @@ def test_dependency_tree_draws_a_diamond(db):
 
 
 def test_refresh_efficiency_matches_the_history(db):
+    """src/diagnostics.rs::gather_history_stats: counts over all COMPLETED rows; averages of end_time -
+    start_time (0: pg_trickle writes both with one now()); avg_change_ratio over the latest 100 COMPLETED
+    rows (NO_DATA included in the window) divided by greatest(reltuples, 1) of the stream table."""
     db.execute("CREATE TABLE t (id int PRIMARY KEY, v int)")
     db.execute("INSERT INTO t SELECT i, i FROM generate_series(1, 20) i")
     db.execute("SELECT pgtrickle.create_stream_table('s', 'SELECT id, v FROM t', '1s', 'DIFFERENTIAL')")
@@ -560,43 +611,68 @@ def test_refresh_efficiency_matches_the_history(db):
         make_due(db)
         db.execute("SELECT pgtrickle.emulator_tick()")
     make_due(db)
-    db.execute("SELECT pgtrickle.emulator_tick()")  # NO_DATA: counted in total_refreshes, not in full_count
+    db.execute("SELECT pgtrickle.emulator_tick()")  # NO_DATA: counted in total_refreshes, not in full/diff_count
+    db.execute("ANALYZE s")
     [eff] = pgtrickle.refresh_efficiency(db)
     rows = db.execute(
-        "SELECT action, rows_inserted + rows_deleted, extract(epoch FROM end_time - start_time) * 1000"
-        " FROM pgtrickle.pgt_refresh_history WHERE status = 'COMPLETED'"
+        "SELECT action, rows_inserted + rows_deleted FROM pgtrickle.pgt_refresh_history WHERE status = 'COMPLETED'"
+        " ORDER BY refresh_id"
     ).fetchall()
-    full = [r for r in rows if r[0] == "FULL"]
-    assert (eff.total_refreshes, eff.full_count, eff.diff_count) == (len(rows), len(full), 0) == (5, 4, 0)
-    assert eff.avg_full_ms == pytest.approx(sum(float(r[2]) for r in full) / len(full))
+    assert [r[0] for r in rows] == ["FULL", "DIFFERENTIAL", "DIFFERENTIAL", "DIFFERENTIAL", "NO_DATA"]
+    assert (eff.total_refreshes, eff.full_count, eff.diff_count) == (5, 1, 3)
+    assert (eff.avg_full_ms, eff.avg_diff_ms, eff.diff_speedup) == (0.0, 0.0, None)  # not measures
+    assert pgtrickle.measured_ms(eff.avg_full_ms) is None
+    tuples = max(db.execute("SELECT reltuples FROM pg_class WHERE oid = 's'::regclass").fetchone()[0], 1.0)
     changed = [r[1] for r in rows if r[1] > 0]
-    assert eff.avg_change_ratio == pytest.approx(sum(c / 20 for c in changed) / len(changed))
-    assert (eff.avg_diff_ms, eff.diff_speedup) == (None, None)  # never measured by full recomputation
+    assert changed == [2, 2, 2]  # the initial fill records 0
+    assert eff.avg_change_ratio == pytest.approx(sum(c / tuples for c in changed) / len(changed))
     assert eff.last_refresh_at == str(
         db.execute("SELECT data_timestamp::text FROM pgtrickle.pgt_stream_tables").fetchone()[0]
     )
 
 
-def test_advisor_uses_only_measured_signals_with_the_reference_weights(db):
+def test_advisor_gathers_the_engine_signals_and_keeps_the_effective_mode(db):
     db.execute("CREATE TABLE t (id int PRIMARY KEY, v int)")
     db.execute("INSERT INTO t SELECT i, i FROM generate_series(1, 200) i")
     db.execute("ANALYZE t")
     db.execute("SELECT pgtrickle.create_stream_table('s', 'SELECT id, v FROM t', '1s', 'DIFFERENTIAL')")
     db.execute("UPDATE t SET v = 0 WHERE id <= 2")  # pending: a D and an I row per updated row, 4 buffer rows
     [rec] = pgtrickle.recommend_refresh_mode(db, "s")
-    signals = {s["name"]: s for s in rec.signals["signals"]}
-    assert set(signals) == {"change_ratio_current", "change_ratio_avg", "target_size"}
+    signals = [s["name"] for s in rec.signals["signals"]]
+    assert signals == [
+        "change_ratio_current",
+        "change_ratio_avg",
+        "empirical_timing",
+        "query_complexity",
+        "target_size",
+        "index_coverage",
+        "latency_variance",
+    ]  # src/diagnostics.rs::collect_signals order
+    by_name = {s["name"]: s for s in rec.signals["signals"]}
     # src/diagnostics.rs, gather_change_ratio: count(*) of the source's change buffer over its reltuples
     assert rec.signals["change_ratio_current"] == pytest.approx(4 / 200)
-    assert signals["change_ratio_current"] == {"name": "change_ratio_current", "score": 1.0, "weight": 0.25}
-    assert signals["change_ratio_avg"]["weight"] == 0.10  # fewer than 10 history rows
-    assert signals["change_ratio_avg"]["score"] == -1.0  # the initial fill changed every row
-    assert signals["target_size"]["score"] == -0.3  # under 1 MB
-    composite = (1.0 * 0.25 - 1.0 * 0.10 - 0.3 * 0.10) / 0.45
+    assert by_name["change_ratio_current"] == {"name": "change_ratio_current", "score": 1.0, "weight": 0.25}
+    assert by_name["change_ratio_avg"]["weight"] == 0.0  # the initial fill records 0 changed rows: no ratio
+    assert by_name["empirical_timing"]["weight"] == 0.0  # fewer than 5 refreshes of each mode
+    assert by_name["query_complexity"] == {"name": "query_complexity", "score": None, "weight": None}
+    assert by_name["target_size"] == {"name": "target_size", "score": -0.3, "weight": 0.1}
+    assert by_name["index_coverage"] == {"name": "index_coverage", "score": 0.2, "weight": 0.05}
+    composite = (1.0 * 0.25 - 0.3 * 0.10 + 0.2 * 0.05) / 0.40
     assert rec.signals["composite_score"] == pytest.approx(composite)
-    assert rec.recommended_mode == "DIFFERENTIAL" and rec.effective_mode == "FULL"
-    assert rec.confidence == "medium"  # promoted: a 0.25-weight signal scores 1.0 (0.45 < 50 % of 1.20)
-    assert rec.signals["diff_avg_ms"] is None and rec.signals["join_count"] is None
+    assert rec.effective_mode == "FULL"  # the initial fill
+    assert rec.recommended_mode == "DIFFERENTIAL" and rec.switch_to is None  # already configured
+    assert rec.confidence == "medium"  # promoted: a 0.25-weight signal scores 1.0 (0.40 < 50 % of 1.20)
+    assert rec.reason == "current change ratio 0.020; target size " + rec.reason.split("target size ")[1]
+    make_due(db)
+    db.execute("SELECT pgtrickle.emulator_tick()")  # a DIFFERENTIAL refresh: the verdict equals it, KEEP
+    [rec] = pgtrickle.recommend_refresh_mode(db, "s")
+    assert (rec.effective_mode, rec.recommended_mode) == ("DIFFERENTIAL", "KEEP")
+    make_due(db)
+    db.execute("SELECT pgtrickle.emulator_tick()")  # NO_DATA is the last completed action now
+    db.execute("UPDATE t SET v = 1 WHERE id = 5")
+    [rec] = pgtrickle.recommend_refresh_mode(db, "s")
+    assert rec.effective_mode == "NO_DATA" and rec.recommended_mode == "DIFFERENTIAL"  # as the engine answers
+    assert rec.switch_to is None  # no change of the configured mode
 
 
 def test_change_buffer_sizes_counts_rows_not_yet_consumed(db):
@@ -643,7 +719,7 @@ def _history_scans(plan: dict) -> list[dict]:
 
 def test_refresh_efficiency_reads_bounded_index_ranges_of_a_long_history(db):
     """No scan of the growing history: each per-table read is an index range of at most 100 rows, even when
-    the history is mostly NO_DATA and holds no DIFFERENTIAL row at all (the emulator never writes one)."""
+    the history is mostly NO_DATA and holds no DIFFERENTIAL row at all."""
     db.execute("CREATE TABLE t (id int PRIMARY KEY, v int)")
     db.execute("INSERT INTO t SELECT i, i FROM generate_series(1, 20) i")
     for name in ("a", "b", "c"):
@@ -659,7 +735,7 @@ def test_refresh_efficiency_reads_bounded_index_ranges_of_a_long_history(db):
     db.execute("VACUUM ANALYZE pgtrickle.pgt_refresh_history")
     [[plan]] = db.execute("EXPLAIN (ANALYZE, FORMAT JSON) SELECT * FROM pgtrickle.refresh_efficiency()").fetchone()
     scans = _history_scans(plan["Plan"])
-    assert len(scans) == 3  # the DIFFERENTIAL, FULL and changed-rows reads
+    assert len(scans) == 3  # the DIFFERENTIAL, FULL and latest-COMPLETED reads
     for scan in scans:
         assert scan["Node Type"] in ("Index Scan", "Index Only Scan"), scan
         assert scan.get("Rows Removed by Filter", 0) == 0, scan.get("Filter")

@@ -68,12 +68,13 @@ def refresh_round(admin_url: str, orders: int = 3) -> None:
 
 
 def history_counts(admin_url: str) -> tuple[dict, dict, dict]:
-    """From the database: refreshes by (name, action, status); rows by (name, operation); duration counts."""
+    """From the database: refreshes by (name, action, status); rows by (name, operation); duration counts (only
+    measured durations count: pg_trickle 0.67 writes start_time and end_time with one now(), so none is)."""
     with psycopg.connect(admin_url) as conn:
         rows = conn.execute(
             """SELECT st.pgt_name, h.action, h.status, count(*), sum(h.rows_inserted), sum(h.rows_deleted),
                       count(*) FILTER (WHERE h.action IN ('FULL', 'DIFFERENTIAL', 'REINITIALIZE')
-                                         AND h.status = 'COMPLETED')
+                                         AND h.status = 'COMPLETED' AND h.end_time > h.start_time)
                  FROM pgtrickle.pgt_refresh_history h JOIN pgtrickle.pgt_stream_tables st USING (pgt_id)
                 WHERE h.status IN ('COMPLETED', 'FAILED', 'SKIPPED')
                 GROUP BY 1, 2, 3"""

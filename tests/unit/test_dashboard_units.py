@@ -91,7 +91,9 @@ def test_advisor_verdicts():
     # The seed dashboard's wording (reference section 9): "✓ KEEP <current_mode>" / "→ SWITCH TO <mode>".
     assert verdict(_rec("DIFFERENTIAL", "DIFFERENTIAL", "KEEP")) == "\u2713 KEEP DIFFERENTIAL"
     assert verdict(_rec("FULL", "FULL", "KEEP")) == "\u2713 KEEP FULL"
-    assert verdict(_rec("DIFFERENTIAL", "FULL", "FULL")) == "\u2713 KEEP DIFFERENTIAL"  # already what it runs as
+    # pg_trickle answers KEEP only when its verdict equals the last COMPLETED action; after a NO_DATA row it
+    # repeats the configured mode (src/diagnostics.rs::compute_recommendation): that is no switch
+    assert verdict(_rec("DIFFERENTIAL", "NO_DATA", "DIFFERENTIAL")) == "\u2713 KEEP DIFFERENTIAL"
     assert verdict(_rec("DIFFERENTIAL", "DIFFERENTIAL", "FULL")) == "\u2192 SWITCH TO FULL"
     assert verdict(_rec("FULL", None, "DIFFERENTIAL")) == "\u2192 SWITCH TO DIFFERENTIAL"
     assert keeps(_rec("DIFFERENTIAL", None, "KEEP")) and not keeps(_rec("FULL", "FULL", "DIFFERENTIAL"))
@@ -178,3 +180,13 @@ def test_an_unexpected_error_is_a_json_500_without_a_trace(caplog):
         assert "hunter2" in caplog.text  # the log keeps the details
     finally:
         close_app(app)
+
+
+def test_switch_to_is_a_change_of_the_configured_mode_only():
+    """Recommendation.switch_to (the exporter's pg_trickle_advisor_switch_recommended and the dashboard's
+    verdict): KEEP and the configured mode are no switch, whatever the last action was."""
+    assert _rec("DIFFERENTIAL", "NO_DATA", "DIFFERENTIAL").switch_to is None
+    assert _rec("DIFFERENTIAL", "DIFFERENTIAL", "KEEP").switch_to is None
+    assert _rec("DIFFERENTIAL", "NO_DATA", "FULL").switch_to == "FULL"
+    assert _rec("FULL", "FULL", "DIFFERENTIAL").switch_to == "DIFFERENTIAL"
+    assert _rec("IMMEDIATE", None, "DIFFERENTIAL").switch_to == "DIFFERENTIAL"

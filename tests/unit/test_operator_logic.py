@@ -190,3 +190,21 @@ def test_config_defaults_and_errors(tmp_path):
         load_config({"OPERATOR_NAMESPACE": "demo", "OPERATOR_HEALTH_PORT": "70000"})
     with pytest.raises(ConfigError, match="OPERATOR_SYNC_INTERVAL"):
         load_config({"OPERATOR_NAMESPACE": "demo", "OPERATOR_SYNC_INTERVAL": "soon"})
+
+
+def test_drop_refusals_are_classified_as_pg_trickle_raises_them():
+    """pg_trickle 0.67 refuses a drop with dependents with InvalidArgument, SQLSTATE 22023
+    (src/api/alter.rs::drop_stream_table_impl_inner): retried like 2BP01; other 22023 refusals (a bad
+    schedule, an invalid mode) wait for a spec change."""
+    refusal = pgerrors.InvalidParameterValue(
+        "invalid argument: stream table public.a has dependent stream tables: public.b."
+        " Use cascade => true to drop them automatically."
+    )
+    assert (reconcile.classify(refusal).reason, reconcile.classify(refusal).retryable) == ("DependentsExist", True)
+    legacy = pgerrors.DependentObjectsStillExist("cannot drop stream table")
+    assert (reconcile.classify(legacy).reason, reconcile.classify(legacy).retryable) == ("DependentsExist", True)
+    bad_schedule = pgerrors.InvalidParameterValue("invalid argument: invalid schedule '5x'")
+    assert (reconcile.classify(bad_schedule).reason, reconcile.classify(bad_schedule).retryable) == (
+        "DatabaseError",
+        False,
+    )
