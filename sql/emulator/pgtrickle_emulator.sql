@@ -863,7 +863,12 @@ $$;
 -- Rows are compared by their text form, which is hashable and NULL-safe; it is stricter than type
 -- equality (1.0 vs 1.00), so the stored rows end up exactly as the query returns them.
 -- Returns the counts actually applied. Raises on any error (callers decide how to record it).
-CREATE FUNCTION pgtrickle.emulator_apply(p_pgt_id bigint, OUT rows_inserted bigint, OUT rows_deleted bigint)
+-- With p_full (a FULL or REINITIALIZE refresh of a table without TopK), the refresh is pg_trickle's
+-- (src/refresh/merge/mod.rs::execute_full_refresh): TRUNCATE the storage and INSERT the query's rows, in the
+-- refresh transaction (indexes kept, readers wait on the TRUNCATE's lock as on the engine's); rows_deleted is
+-- then the number of rows the table held.
+CREATE FUNCTION pgtrickle.emulator_apply(p_pgt_id bigint, p_full boolean DEFAULT false,
+                                         OUT rows_inserted bigint, OUT rows_deleted bigint)
 LANGUAGE plpgsql AS $$
 DECLARE
     st pgtrickle.pgt_stream_tables;
@@ -880,6 +885,15 @@ BEGIN
            array_to_string(array(SELECT 'q.' || x FROM unnest(c) x), ', ')
       INTO cols, stored_cols, wanted_cols, query_cols
       FROM pgtrickle.emulator_columns(st.pgt_relid) c;
+    IF p_full AND st.topk_limit IS NULL THEN
+        SELECT s.row_count INTO rows_deleted FROM pgtrickle.emulator_stats s WHERE s.pgt_id = p_pgt_id;
+        EXECUTE format('TRUNCATE %s', target);
+        EXECUTE format('INSERT INTO %s (%s) SELECT %s FROM (%s) q',
+                       target, cols, query_cols, pgtrickle.emulator_refresh_query(st.pgt_id));
+        GET DIAGNOSTICS rows_inserted = ROW_COUNT;
+        rows_deleted := coalesce(rows_deleted, 0);
+        RETURN;
+    END IF;
     EXECUTE format($q$
         WITH wanted AS (
                  SELECT q.*, ROW(%6$s)::text AS __pgt_key FROM (%1$s) q),
@@ -989,7 +1003,7 @@ BEGIN
     consumed := pgtrickle.emulator_current_frontier(h.pgt_id);
     changed := pgtrickle.emulator_sources_changed(h.pgt_id);
     BEGIN
-        SELECT a.rows_inserted, a.rows_deleted INTO ins, del FROM pgtrickle.emulator_apply(h.pgt_id) a;
+        SELECT a.rows_inserted, a.rows_deleted INTO ins, del FROM pgtrickle.emulator_apply(h.pgt_id, h.action IN ('FULL', 'REINITIALIZE')) a;
     EXCEPTION WHEN OTHERS THEN
         IF NOT p_catch THEN
             RAISE;

@@ -368,23 +368,56 @@ def test_drop_refuses_dependents_unless_cascade_and_cleans_up(db):
     assert db.execute("SELECT count(*) FROM pgtrickle.pgt_refresh_history").fetchone()[0] == 0
 
 
-def test_manual_refresh_applies_only_the_true_differences(db):
+def _changed_copy(db, mode: str) -> tuple[int, int]:
     db.execute("CREATE TABLE t (id int PRIMARY KEY, v int)")
     db.execute("INSERT INTO t SELECT i, i FROM generate_series(1, 10) i")
-    db.execute("SELECT pgtrickle.create_stream_table('copy', 'SELECT id, v FROM t', '1s', 'FULL')")
+    db.execute("SELECT pgtrickle.create_stream_table('copy', 'SELECT id, v FROM t', '1s', %s)", (mode,))
     kept = db.execute("SELECT __pgt_row_id FROM copy WHERE id = 3").fetchone()[0]
     top = db.execute("SELECT max(__pgt_row_id) FROM copy").fetchone()[0]
     db.execute("INSERT INTO t SELECT i, i FROM generate_series(11, 15) i")  # 5 new rows
     db.execute("UPDATE t SET v = -1 WHERE id = 1")  # 1 changed row: 1 delete + 1 insert
     db.execute("DELETE FROM t WHERE id IN (2, 4)")  # 2 deleted rows
+    return kept, top
+
+
+def test_full_refresh_truncates_and_inserts_as_pg_trickle(db):
+    """A FULL refresh is pg_trickle's TRUNCATE + INSERT in the refresh transaction
+    (src/refresh/merge/mod.rs::execute_full_refresh): every row is new storage, the indexes stay."""
+    kept, top = _changed_copy(db, "FULL")
     db.execute("SELECT pgtrickle.refresh_stream_table('copy')")
     action, status, ins, dele, by, start, end, _ = history(db, "copy")[-1]
     # recorded as pg_trickle records a FULL refresh: every row of the table inserted, none deleted
     assert (action, status, ins, dele, by) == ("FULL", "COMPLETED", 13, 0, "MANUAL")
     assert end == start  # one now(): not a measured duration
+    assert db.execute("SELECT count(*) FROM copy WHERE __pgt_row_id > %s", (top,)).fetchone()[0] == 13
+    assert db.execute("SELECT __pgt_row_id FROM copy WHERE id = 3").fetchone()[0] != kept
+    assert db.execute("SELECT count(*) FROM pg_index WHERE indrelid = 'copy'::regclass").fetchone()[0] == 1
+    assert_matches_query(db, "copy")
+
+
+def test_differential_refresh_applies_only_the_true_differences(db):
+    kept, top = _changed_copy(db, "DIFFERENTIAL")
+    db.execute("SELECT pgtrickle.refresh_stream_table('copy')")
+    action, status, _ins, _dele, by, _start, _end, _ = history(db, "copy")[-1]
+    assert (action, status, by) == ("DIFFERENTIAL", "COMPLETED", "MANUAL")
     assert db.execute("SELECT count(*) FROM copy WHERE __pgt_row_id > %s", (top,)).fetchone()[0] == 6  # 5 + 1
     assert db.execute("SELECT __pgt_row_id FROM copy WHERE id = 3").fetchone()[0] == kept  # untouched row stayed
     assert_matches_query(db, "copy")
+
+
+def test_differential_refresh_keeps_duplicates_nulls_and_numeric_scale(db):
+    """The diff is a multiset over the rows' text form: duplicate rows, NULLs, empty strings and numeric
+    scale (1.0 vs 1.00) are kept exactly as the query returns them."""
+    db.execute("CREATE TABLE t (k int, v numeric, s text)")
+    db.execute("INSERT INTO t VALUES (1, 1.0, NULL), (1, 1.0, NULL), (2, 2.5, ''), (3, NULL, 'a,\"b)')")
+    db.execute("SELECT pgtrickle.create_stream_table('copy', 'SELECT k, v, s FROM t', '1s', 'DIFFERENTIAL')")
+    db.execute("INSERT INTO t VALUES (1, 1.0, NULL), (4, 1.00, 'x')")
+    db.execute("DELETE FROM t WHERE k = 2")
+    db.execute("UPDATE t SET v = 1.00 WHERE k = 1 AND ctid = (SELECT min(ctid) FROM t WHERE k = 1)")
+    db.execute("SELECT pgtrickle.refresh_stream_table('copy')")
+    assert_matches_query(db, "copy")
+    rows = db.execute("SELECT k, v::text, s FROM copy ORDER BY k, v::text").fetchall()
+    assert rows == [(1, "1.0", None), (1, "1.0", None), (1, "1.00", None), (3, None, 'a,"b)'), (4, "1.00", "x")]
 
 
 def test_one_refresh_of_a_table_at_a_time_manual_errors_scheduler_skips(db, emulator_db):
@@ -423,14 +456,14 @@ def test_one_refresh_of_a_table_at_a_time_manual_errors_scheduler_skips(db, emul
 def test_diff_handles_duplicates_and_nulls_as_multisets(db):
     db.execute("CREATE TABLE t (a int, b text)")
     db.execute("INSERT INTO t VALUES (1, NULL), (1, NULL), (1, NULL), (2, 'x'), (NULL, NULL)")
-    db.execute("SELECT pgtrickle.create_stream_table('bag', 'SELECT a, b FROM t', '1s', 'FULL')")
+    db.execute("SELECT pgtrickle.create_stream_table('bag', 'SELECT a, b FROM t', '1s', 'DIFFERENTIAL')")
     db.execute("DELETE FROM t WHERE ctid = (SELECT min(ctid) FROM t WHERE a = 1)")  # one of three duplicates
     db.execute("INSERT INTO t VALUES (NULL, NULL), (2, 'x')")
     before = db.execute("SELECT max(__pgt_row_id), count(*) FROM bag").fetchone()
     db.execute("SELECT pgtrickle.refresh_stream_table('bag')")
     after = db.execute("SELECT max(__pgt_row_id), count(*) FROM bag").fetchone()
     assert after[1] == before[1] + 1 and after[0] == before[0] + 2  # 2 rows inserted, 1 deleted
-    assert history(db, "bag")[-1][2:4] == (6, 0)  # recorded as the engine's FULL refresh: all rows inserted
+    assert history(db, "bag")[-1][2:4] == (3, 0)  # recorded as the engine's DIFFERENTIAL: rows touched
     assert_matches_query(db, "bag")
     db.execute("SELECT pgtrickle.refresh_stream_table('bag')")
     assert db.execute("SELECT max(__pgt_row_id), count(*) FROM bag").fetchone() == after  # nothing applied
@@ -521,7 +554,7 @@ def test_transient_errors_suspend_after_three_with_failed_rows(db):
     db.execute("CREATE TABLE t (x int)")
     db.execute("INSERT INTO t VALUES (1)")
     db.execute(
-        "CREATE FUNCTION flaky(v int) RETURNS int LANGUAGE plpgsql AS $$ BEGIN IF v < 0 THEN"
+        "CREATE FUNCTION flaky(v int) RETURNS int LANGUAGE plpgsql IMMUTABLE AS $$ BEGIN IF v < 0 THEN"
         " RAISE EXCEPTION 'source temporarily unreachable' USING ERRCODE = '40001'; END IF; RETURN v; END $$"
     )
     db.execute("SELECT pgtrickle.create_stream_table('wobbly', 'SELECT flaky(x) AS y FROM t', '1s')")
