@@ -877,6 +877,7 @@ DECLARE
     stored_cols text;
     wanted_cols text;
     query_cols text;  -- the query's columns in storage order (the key compares like with like)
+    col_list text[];
 BEGIN
     SELECT * INTO STRICT st FROM pgtrickle.pgt_stream_tables WHERE pgt_id = p_pgt_id;
     target := format('%I.%I', st.pgt_schema, st.pgt_name);
@@ -885,6 +886,7 @@ BEGIN
            array_to_string(array(SELECT 'q.' || x FROM unnest(c) x), ', ')
       INTO cols, stored_cols, wanted_cols, query_cols
       FROM pgtrickle.emulator_columns(st.pgt_relid) c;
+    col_list := pgtrickle.emulator_columns(st.pgt_relid);
     IF p_full AND st.topk_limit IS NULL THEN
         SELECT s.row_count INTO rows_deleted FROM pgtrickle.emulator_stats s WHERE s.pgt_id = p_pgt_id;
         EXECUTE format('TRUNCATE %s', target);
@@ -894,28 +896,35 @@ BEGIN
         rows_deleted := coalesce(rows_deleted, 0);
         RETURN;
     END IF;
+    -- The diff: one hash aggregate per side (rows counted by their text form, as a multiset), a hash full
+    -- join of the two, and no sort: the rows to insert are rebuilt from their text form with the storage's
+    -- row type (text output and input of the stored types round-trip exactly), the rows to delete are named
+    -- by their row identity __pgt_row_id (as pg_trickle's MERGE keys on it, src/refresh/merge/mod.rs).
     EXECUTE format($q$
         WITH wanted AS (
-                 SELECT q.*, ROW(%6$s)::text AS __pgt_key FROM (%1$s) q),
-             wanted_n AS (
-                 SELECT w.*, row_number() OVER (PARTITION BY w.__pgt_key) AS __pgt_n FROM wanted w),
-             stored_n AS (
-                 SELECT x.__pgt_row_id, x.__pgt_key,
-                        row_number() OVER (PARTITION BY x.__pgt_key ORDER BY x.__pgt_row_id) AS __pgt_n
-                   FROM (SELECT s.__pgt_row_id, ROW(%3$s)::text AS __pgt_key FROM %2$s s) x),
+                 SELECT ROW(NULL::bigint, %6$s)::text AS __pgt_key, count(*) AS __pgt_n FROM (%1$s) q GROUP BY 1),
+             stored AS (
+                 SELECT ROW(NULL::bigint, %3$s)::text AS __pgt_key, count(*) AS __pgt_n,
+                        array_agg(s.__pgt_row_id) AS __pgt_ids
+                   FROM %2$s s GROUP BY 1),
+             diff AS MATERIALIZED (
+                 SELECT coalesce(w.__pgt_key, s.__pgt_key) AS __pgt_key,
+                        coalesce(w.__pgt_n, 0) - coalesce(s.__pgt_n, 0) AS __pgt_d, s.__pgt_ids
+                   FROM wanted w FULL JOIN stored s ON s.__pgt_key = w.__pgt_key
+                  WHERE w.__pgt_n IS DISTINCT FROM s.__pgt_n),
              deleted AS (
                  DELETE FROM %2$s t
-                  USING stored_n s LEFT JOIN wanted_n w ON w.__pgt_key = s.__pgt_key AND w.__pgt_n = s.__pgt_n
-                  WHERE t.__pgt_row_id = s.__pgt_row_id AND w.__pgt_key IS NULL
+                  USING (SELECT unnest(d.__pgt_ids[1:-d.__pgt_d]) AS __pgt_row_id FROM diff d WHERE d.__pgt_d < 0) x
+                  WHERE t.__pgt_row_id = x.__pgt_row_id
                  RETURNING 1),
              inserted AS (
                  INSERT INTO %2$s (%5$s)
-                 SELECT %4$s FROM wanted_n w
-                   LEFT JOIN stored_n s ON s.__pgt_key = w.__pgt_key AND s.__pgt_n = w.__pgt_n
-                  WHERE s.__pgt_key IS NULL
+                 SELECT %4$s
+                   FROM (SELECT d.__pgt_key::%2$s AS r FROM diff d, generate_series(1, d.__pgt_d) WHERE d.__pgt_d > 0) y
                  RETURNING 1)
         SELECT (SELECT count(*) FROM inserted), (SELECT count(*) FROM deleted)
-    $q$, pgtrickle.emulator_refresh_query(st.pgt_id), target, stored_cols, wanted_cols, cols, query_cols)
+    $q$, pgtrickle.emulator_refresh_query(st.pgt_id), target, stored_cols,
+          array_to_string(array(SELECT '(y.r).' || x FROM unnest(col_list) x), ', '), cols, query_cols)
     INTO rows_inserted, rows_deleted;
 END $$;
 
