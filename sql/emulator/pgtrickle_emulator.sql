@@ -1056,7 +1056,7 @@ BEGIN
            data_timestamp = CASE WHEN ins + del > 0 THEN h.start_time ELSE data_timestamp END
      WHERE refresh_id = p_refresh_id;
     UPDATE pgtrickle.pgt_stream_tables
-       SET is_populated = true, consecutive_errors = 0, frontier = consumed, last_refresh_at = finished,
+       SET is_populated = true, consecutive_errors = 0, frontier = consumed, last_refresh_at = now(),
            data_timestamp = CASE WHEN ins + del > 0 OR data_timestamp IS NULL THEN h.start_time ELSE data_timestamp END,
            last_full_ms = elapsed_ms,
            effective_refresh_mode = CASE WHEN topk_limit IS NOT NULL THEN 'TOP_K'
@@ -1077,6 +1077,9 @@ END $$;
 
 -- Due but nothing changed upstream: a NO_DATA row, as pg_trickle's scheduler writes (start_time and end_time
 -- both now(), src/catalog.rs::RefreshRecord; last errors cleared, src/catalog.rs::update_after_no_data_refresh).
+-- last_refresh_at is now(), the refresh transaction's start, as every pg_trickle catalog update after a refresh
+-- writes it (src/catalog.rs, "last_refresh_at = now()"): the next due time counts from when the refresh began
+-- (src/scheduler/mod.rs::check_schedule compares now() - last_refresh_at with the schedule), not from its end.
 CREATE FUNCTION pgtrickle.emulator_record_no_data(p_pgt_id bigint) RETURNS void
 LANGUAGE plpgsql AS $$
 DECLARE
@@ -1090,7 +1093,7 @@ BEGIN
     SELECT pgt_id, coalesce(data_timestamp, started), started, started, 'NO_DATA', 'COMPLETED', 'SCHEDULER'
       FROM pgtrickle.pgt_stream_tables WHERE pgt_id = p_pgt_id;
     UPDATE pgtrickle.pgt_stream_tables
-       SET last_refresh_at = clock_timestamp(), consecutive_errors = 0, last_error_message = NULL,
+       SET last_refresh_at = now(), consecutive_errors = 0, last_error_message = NULL,
            last_error_at = NULL, updated_at = clock_timestamp()
      WHERE pgt_id = p_pgt_id;
     UPDATE pgtrickle.emulator_stats SET total_completed = total_completed + 1 WHERE pgt_id = p_pgt_id;
@@ -1210,6 +1213,7 @@ DECLARE
     item record;
     action text;
     refresh_id bigint;
+    pass_started timestamptz;
 BEGIN
     IF tick_interval_ms IS NULL OR tick_interval_ms < 10 THEN
         RAISE EXCEPTION 'tick_interval_ms must be at least 10' USING ERRCODE = 'invalid_parameter_value';
@@ -1221,6 +1225,7 @@ BEGIN
     END IF;
     COMMIT;
     LOOP
+        pass_started := clock_timestamp();
         FOR item IN SELECT o.pgt_id FROM pgtrickle.emulator_topological_order() o LOOP
             action := pgtrickle.emulator_due_action(item.pgt_id);
             IF action = 'REFRESH' THEN
@@ -1237,7 +1242,10 @@ BEGIN
         COMMIT;
         ticks := ticks + 1;
         EXIT WHEN max_ticks IS NOT NULL AND ticks >= max_ticks;
-        PERFORM pg_sleep(tick_interval_ms / 1000.0);
+        -- Wake every tick_interval_ms from the start of the previous pass (pg_trickle.scheduler_interval_ms,
+        -- src/scheduler/scheduler_loop.rs), not tick_interval_ms after its end: a slow pass is not followed by
+        -- a full sleep.
+        PERFORM pg_sleep(greatest(0, tick_interval_ms / 1000.0 - extract(epoch FROM clock_timestamp() - pass_started)));
     END LOOP;
     PERFORM pg_advisory_unlock(keys.key1, keys.key2);
 END $$;
