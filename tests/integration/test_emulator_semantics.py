@@ -547,6 +547,27 @@ def test_permanent_error_sets_error_at_once_while_others_continue(db):
     assert (fragile.status, fragile.last_error_message, history(db, "fragile")[-1][1]) == ("ACTIVE", None, "COMPLETED")
 
 
+def test_last_refresh_at_is_the_refresh_start_so_due_times_follow_the_schedule(db):
+    """pg_trickle writes last_refresh_at = now(), the refresh transaction's start (src/catalog.rs), and
+    src/scheduler/mod.rs::check_schedule compares now() - last_refresh_at with the schedule: the next due
+    time counts from when the previous refresh began, not from when it ended."""
+    db.execute("CREATE TABLE t (v int)")
+    db.execute("SELECT pgtrickle.create_stream_table('s', 'SELECT count(*) AS n FROM t', '1s')")
+    for change in ("INSERT INTO t VALUES (1)", None):  # a DIFFERENTIAL refresh, then a NO_DATA row
+        if change:
+            db.execute(change)
+        make_due(db)
+        with db.transaction():
+            db.execute("SELECT pg_sleep(0.05)")  # the transaction's now() is now well before clock_timestamp()
+            db.execute("SELECT pgtrickle.emulator_tick()")
+            last, start, now = db.execute(
+                "SELECT st.last_refresh_at, h.start_time, now() FROM pgtrickle.pgt_stream_tables st"
+                " JOIN pgtrickle.pgt_refresh_history h USING (pgt_id) ORDER BY h.refresh_id DESC LIMIT 1"
+            ).fetchone()
+        assert last == start == now
+    assert [h[0] for h in history(db, "s")[-2:]] == ["DIFFERENTIAL", "NO_DATA"]
+
+
 def test_transient_errors_suspend_after_three_with_failed_rows(db):
     """src/scheduler/mod.rs::execute_scheduled_refresh: a retryable error (an unknown message is retryable,
     src/error.rs::classify_spi_error_retryable) completes the row as FAILED and counts towards SUSPENDED
