@@ -177,6 +177,16 @@ class Docker:
                 self.process.wait(timeout=30)
         self.process = None
 
+    def remove(self) -> None:
+        """Deletes the temporary directory, after unmounting what the daemon left mounted in it (exec-root's
+        network namespace, overlays of a daemon that was killed)."""
+        prefix = str(self.root) + "/"
+        with open("/proc/self/mounts") as mounts:
+            targets = [line.split()[1] for line in mounts if line.split()[1].startswith(prefix)]
+        for target in sorted(targets, key=len, reverse=True):
+            subprocess.run(["umount", "-l", target], check=False, capture_output=True, timeout=60)
+        shutil.rmtree(self.root, ignore_errors=True)
+
     # -- images -----------------------------------------------------------------------------------------------
     def build_base(self) -> None:
         """Debian minbase + python3 + python3-venv with debootstrap from this machine's apt mirror, imported."""

@@ -16,7 +16,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import shutil
 import threading
 import time
 import urllib.error
@@ -51,9 +50,11 @@ def docker():
         yield daemon
     finally:
         daemon.stop()
-        shutil.rmtree(daemon.root, ignore_errors=True)
+        daemon.remove()
+        leftover = daemon.root.exists()
         report = ", ".join(f"{what} {seconds:.1f}s" for what, seconds in daemon.timings.items())
         print(f"\n[images] timings: {report}")
+        assert not leftover, f"{daemon.root} could not be removed"
 
 
 @pytest.fixture
