@@ -21,9 +21,10 @@ test-suite: $(STAMP) ## the default suite (embedded PostgreSQL 18 + emulator)
 
 # Root and Docker's daemon (Debian docker.io) + debootstrap: a private dockerd under a temp dir, a Debian base
 # from this machine's apt sources, the five images built and run as the chart runs them (tests/images).
-# Without them it skips, naming what is missing; under CI=true it fails instead.
+# Without them it skips, naming what is missing; under CI=true it fails instead. -s: it prints image sizes,
+# build times and docker stop times.
 test-images: $(STAMP) ## build and run the five images against PostgreSQL 18 + the emulator (docs/containers.md)
-	$(PY) -m pytest tests/images -m images -p no:cacheprovider $(PYTEST_ARGS)
+	$(PY) -m pytest tests/images -m images -s -p no:cacheprovider $(PYTEST_ARGS)
 
 lock: $(STAMP) ## re-pin requirements/*.lock (hashes) from pyproject.toml with uv; commit the result
 	$(PY) -m devenv.lock
