@@ -12,7 +12,7 @@ from pathlib import Path
 
 import yaml
 
-from tests.support import ROOT, missing_prerequisite
+from tests.support import ROOT, TEST_PASSWORDS, missing_prerequisite
 
 CHART = ROOT / "helm" / "pg-trickle-demo"
 VENV_BIN = Path(__import__("sys").executable).parent
@@ -164,3 +164,30 @@ def combinations():
 
 
 COMBINATIONS = dict(combinations())
+
+
+# -- the chart's environment, resolved as the kubelet would (secrets = the test passwords) -------------------
+SECRET_VALUES = {
+    "postgres-password": "unused-superuser-is-trusted-on-loopback",
+    "demo-password": TEST_PASSWORDS["DEMO_PASSWORD"],
+    "demo-writer-password": TEST_PASSWORDS["DEMO_WRITER_PASSWORD"],
+    "demo-reader-password": TEST_PASSWORDS["DEMO_READER_PASSWORD"],
+}
+
+
+def chart_env(kind: str, component: str, scenario: str) -> dict[str, str]:
+    objects = render_objects(chart_values("values.yaml", f"values-{scenario}.yaml"))
+    (container,) = containers(workload(objects, kind, component))
+    env = {}
+    for entry in container["env"]:
+        if "value" in entry:
+            env[entry["name"]] = entry["value"]
+        elif "secretKeyRef" in entry.get("valueFrom", {}):
+            env[entry["name"]] = SECRET_VALUES[entry["valueFrom"]["secretKeyRef"]["key"]]
+        elif entry.get("valueFrom", {}).get("fieldRef", {}).get("fieldPath") == "metadata.namespace":
+            env[entry["name"]] = "pgtd"  # the downward API: the pod's namespace
+        elif entry.get("valueFrom", {}).get("fieldRef", {}).get("fieldPath") == "metadata.name":
+            env[entry["name"]] = f"demo-pg-trickle-demo-{component}-7d9f8-x2k4q"  # the downward API: the pod's name
+        else:
+            raise AssertionError(f"unexpected env source {entry}")
+    return env

@@ -15,7 +15,7 @@ import psycopg
 from psycopg_pool import ConnectionPool, PoolTimeout
 
 from services.common.db import make_pool
-from services.operator import reconcile
+from services.operator import health, reconcile
 from services.operator.config import APPLICATION_NAME, OperatorConfig
 from services.operator.reconcile import Outcome
 from services.operator.spec import FINALIZER, GROUP, PLURAL, VERSION, SpecError, StreamTableSpec, parse_spec
@@ -201,10 +201,10 @@ def removal(
 def build_registry(
     config: OperatorConfig, databases: Databases, *, login: Callable[..., Any] | None = None
 ) -> kopf.OperatorRegistry:
-    """The operator's handlers. `login`: how to reach the Kubernetes API; by default kopf.login_via_client
-    (the pod's service account in a cluster, else the kubeconfig), what `kopf run` would pick."""
+    """The operator's handlers. `login`: how to reach the Kubernetes API; by default kopf's own handlers (the
+    pod's service account in a cluster, else the kubeconfig: services/operator/health.py, login)."""
     registry = kopf.OperatorRegistry()
-    kopf.on.login(registry=registry)(login or kopf.login_via_client)
+    kopf.on.login(registry=registry)(login or health.login)
     on = {"group": GROUP, "version": VERSION, "plural": PLURAL, "registry": registry}
     retry_delay = config.sync_interval
     snapshots = reconcile.StatusSnapshots(max_age=config.sync_interval)
