@@ -2,7 +2,7 @@
 
 The Helm chart never renders passwords (a render without cluster access, as Argo CD does, would produce new ones
 each time and they would stop matching the database volume). Instead this one-shot Job creates the Secret
-CREDENTIALS_SECRET with four random passwords if it does not exist yet, and leaves an existing one exactly as it
+CREDENTIALS_NAME with four random passwords if it does not exist yet, and leaves an existing one exactly as it
 is (HTTP 409 from the API server: nothing is read, nothing is overwritten). The Secret belongs to no Helm release
 and no Argo CD application, so no upgrade, sync or uninstall ever touches it.
 
@@ -10,7 +10,7 @@ It talks to the Kubernetes API with the pod's ServiceAccount token over HTTPS (t
 kubectl): POST /api/v1/namespaces/<ns>/secrets. Its Role allows `create` on Secrets and nothing else.
 
 Environment:
-  CREDENTIALS_SECRET      name of the Secret (required)
+  CREDENTIALS_NAME        name of the Secret to create (required)
   CREDENTIALS_NAMESPACE   namespace (default: the pod's, from the ServiceAccount mount)
   CREDENTIALS_LABELS      JSON object of labels for the Secret (default {})
   KUBERNETES_API_URL      API server URL (default https://$KUBERNETES_SERVICE_HOST:$KUBERNETES_SERVICE_PORT)
@@ -73,9 +73,9 @@ def _labels(env) -> dict[str, str]:
 def ensure_secret(environ=None) -> str:
     """Create the Secret unless it exists; returns "created" or "exists"."""
     env = os.environ if environ is None else environ
-    name = env.get("CREDENTIALS_SECRET", "")
+    name = env.get("CREDENTIALS_NAME", "")
     if not name:
-        raise ConfigError("CREDENTIALS_SECRET is not set (the name of the Secret to create)")
+        raise ConfigError("CREDENTIALS_NAME is not set (the name of the Secret to create)")
     sa_dir = Path(env.get("KUBERNETES_SA_DIR", SA_DIR))
     namespace = env.get("CREDENTIALS_NAMESPACE") or _read(sa_dir / "namespace", "CREDENTIALS_NAMESPACE")
     url = env.get("KUBERNETES_API_URL")
@@ -123,7 +123,7 @@ def _read(path: Path, variable: str) -> str:
 
 
 def main() -> int:
-    name = os.environ.get("CREDENTIALS_SECRET", "")
+    name = os.environ.get("CREDENTIALS_NAME", "")
     outcome = ensure_secret()
     if outcome == "created":
         print(f"credentials: created Secret {name} with new random passwords", flush=True)

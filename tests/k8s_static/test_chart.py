@@ -241,7 +241,7 @@ def test_credentials_job_creates_the_secret_once_with_create_only_rights():
     assert c["command"] == ["python", "-m", "services.bootstrap.credentials"]
     assert c["image"] == workload(objects, "Job", "bootstrap")["spec"]["template"]["spec"]["containers"][0]["image"]
     env = {e["name"]: e["value"] for e in c["env"]}
-    assert env["CREDENTIALS_SECRET"] == "demo-pg-trickle-demo-credentials"
+    assert env["CREDENTIALS_NAME"] == "demo-pg-trickle-demo-credentials"
     # the Secret the pods read is the one the Job creates
     refs = {e["valueFrom"]["secretKeyRef"]["name"] for o in objects for k in containers(o) for e in k.get("env", [])
             if "secretKeyRef" in e.get("valueFrom", {})}  # fmt: skip
