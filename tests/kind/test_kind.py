@@ -1,10 +1,10 @@
 """Opt-in end-to-end suite on a real kind cluster: `make test-kind` (marker k8s, never part of `make test`).
 
 It builds the images, creates a throw-away kind cluster (own name, free localhost ports), installs the chart
-with `make kind-up` (helm --wait --wait-for-jobs), then checks that the dashboard's /api/snapshot serves stream-table rows, that the exporter
-reports refreshes, and that `helm test` passes, then that `helm upgrade` to the fraud scenario keeps the volume and
-serves fraud; it uninstalls and deletes the cluster at the end. Where Docker,
-kind, helm or kubectl is missing it skips and says which.
+with `make kind-up` (helm --wait --wait-for-jobs: the bootstrap is an ordinary Job), then checks that the
+dashboard's /api/snapshot serves stream-table rows, that the exporter reports refreshes, and that `helm test`
+passes, then that `helm upgrade` to the fraud scenario keeps the volume and serves fraud; it uninstalls and
+deletes the cluster at the end. Where Docker, kind, helm or kubectl is missing it skips and says which.
 """
 
 from __future__ import annotations
