@@ -156,3 +156,37 @@ def test_an_unreachable_api_server_is_exit_1(sa_dir):
         {"KUBERNETES_API_URL": f"http://127.0.0.1:{port}", "KUBERNETES_SA_DIR": str(sa_dir), "CREDENTIALS_NAME": "x"}
     )
     assert result.returncode == 1 and "cannot reach the Kubernetes API" in result.stderr
+
+
+def test_the_charts_credentials_job_creates_the_secret_its_pods_read(sa_dir):
+    """The command and environment of the rendered credentials Job, run against the stand-in API server: the
+    Secret it creates is the one every pod of the release reads, with every key they read."""
+    from tests.deploy_support import containers, render_objects, workload
+
+    objects = render_objects({})
+    (container,) = containers(workload(objects, "Job", "credentials"))
+    env = {e["name"]: e["value"] for e in container["env"]}
+    api = FakeApiServer()
+    try:
+        result = subprocess.run(
+            [sys.executable if part == "python" else part for part in container["command"]],
+            capture_output=True,
+            text=True,
+            cwd=ROOT,
+            env={"PATH": "/usr/bin:/bin", **env, "KUBERNETES_API_URL": api.url, "KUBERNETES_SA_DIR": str(sa_dir)},
+            timeout=60,
+        )
+    finally:
+        api.close()
+    assert result.returncode == 0, result.stderr
+    (created,) = api.secrets.values()
+    read = {
+        (e["valueFrom"]["secretKeyRef"]["name"], e["valueFrom"]["secretKeyRef"]["key"])
+        for o in objects
+        for c in containers(o)
+        for e in c.get("env", [])
+        if "secretKeyRef" in e.get("valueFrom", {})
+    }
+    assert read and {name for name, _ in read} == {created["metadata"]["name"]}
+    assert {key for _, key in read} <= set(created["data"])
+    assert "app.kubernetes.io/instance" not in created["metadata"]["labels"]
