@@ -149,7 +149,7 @@ Every install path waits for the same things in the same order: the credentials 
 `<release>-{name}-bootstrap-<scenario>-<revision>`, no Helm hook) creates the scenario's database, and the
 services turn ready. `helm install --wait --wait-for-jobs`, Flux's helm-controller (which waits by default),
 chart-testing's `ct install` and Argo CD (sync waves: CRD and RBAC -3, credentials Job -2, database -1, bootstrap
-0, services 1) all complete. Argo CD and Flux examples: docs/deploy.md in the repository.
+0, services 1) all complete. Argo CD and Flux examples: docs/install-paths.md in the repository.
 
 Passwords are never rendered by the chart, so a render without cluster access (Argo CD) cannot rotate them: the
 credentials Job creates the Secret `<release>-{name}-credentials` once and never changes it; or set
