@@ -87,7 +87,7 @@ def test_test_real_uses_the_pg_trickle_image_as_a_service_for_the_pinned_and_new
     assert any("make test-real" in step.get("run", "") for step in job["steps"])
     env = next(step["env"] for step in job["steps"] if "make test-real" in step.get("run", ""))
     assert (
-        env["TEST_DATABASE_URL"].startswith("postgresql://postgres:") and "127.0.0.1:5432" in env["TEST_DATABASE_URL"]
+        env["TEST_DATABASE_URL"].startswith("postgresql://postgres:") and "@postgres:5432/" in env["TEST_DATABASE_URL"]
     )
 
 
