@@ -154,6 +154,11 @@ def test_values_schema_rejects_bad_values():
         {"bootstrap": {"backoffLimit": -1}},
         {"postgres": {"config": {"shared_preload_libraries": "pg_stat_statements"}}},
         {"image": {"pullPolicy": "Sometimes"}},
+        {"crds": {"create": "yes"}},
+        {"crds": {"keep": True}},
+        {"bootstrap": {"ttlSecondsAfterFinished": 0}},
+        {"auth": {"existingSecret": "Not_A_Secret_Name"}},
+        {"auth": {"password": "hunter2"}},
     ]
     for values in bad:
         with pytest.raises(hp.HelmError):
