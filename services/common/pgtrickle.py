@@ -162,7 +162,7 @@ class Dependency:
 # -- reads ---------------------------------------------------------------------------------------------
 
 
-def _fetch(conn: psycopg.Connection, record: type, query: str, params: tuple | dict = ()):
+def _fetch(conn: psycopg.Connection, record: type, query: str | sql.Composable, params: tuple | dict = ()):
     with conn.cursor(row_factory=class_row(record)) as cur:
         cur.execute(query, params)
         return cur.fetchall()
@@ -463,13 +463,27 @@ def refresh_efficiency(conn: psycopg.Connection) -> list[Efficiency]:
     )
 
 
+# The bootstrap's wrapper (sql/common/monitoring.sql): the advisor counts change-buffer rows in
+# pgtrickle_changes as the caller, where the monitoring role has no right; the wrapper runs it as the owner.
+ADVISOR_WRAPPER = "demo_monitor.recommend_refresh_mode(text)"
+
+
 def recommend_refresh_mode(conn: psycopg.Connection, name: str | None = None) -> list[Recommendation]:
+    """The Advisor, through the bootstrap's wrapper when the database has it (it does wherever the demo roles
+    run), else pgtrickle.recommend_refresh_mode() itself."""
+    (wrapped,) = conn.execute(
+        "SELECT to_regprocedure(%s) IS NOT NULL AND has_function_privilege(to_regprocedure(%s), 'EXECUTE')",
+        (ADVISOR_WRAPPER, ADVISOR_WRAPPER),
+    ).fetchone()
+    function = sql.Identifier("demo_monitor" if wrapped else "pgtrickle", "recommend_refresh_mode")
     return _fetch(
         conn,
         Recommendation,
-        """SELECT pgt_schema, pgt_name, current_mode, effective_mode, recommended_mode, confidence,
+        sql.SQL(
+            """SELECT pgt_schema, pgt_name, current_mode, effective_mode, recommended_mode, confidence,
                   reason, signals
-             FROM pgtrickle.recommend_refresh_mode(%s) ORDER BY pgt_schema, pgt_name""",
+             FROM {}(%s) ORDER BY pgt_schema, pgt_name"""
+        ).format(function),
         (name,),
     )
 
