@@ -4,13 +4,16 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: install test test-suite test-images lock test-real lint preview bench dashboards monitoring grafana-schema clean images up down manifests kind-up kind-down test-kind lint-docker print-images
+.PHONY: help install test test-suite test-images lock test-real lint preview bench dashboards monitoring grafana-schema clean images up down manifests kind-up kind-down test-kind lint-docker print-images version-check
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -e '.[test]'
 	touch $(STAMP)
+
+help: ## list the targets with what they do
+	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z0-9_-]+:.*## / {printf "  %-16s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
 
 install: $(STAMP) ## create .venv and install the project with its test extras
 
@@ -33,7 +36,7 @@ test-real: $(STAMP) ## integration tests against the server in TEST_DATABASE_URL
 	@test -n "$$TEST_DATABASE_URL" || { echo "error: set TEST_DATABASE_URL to a PostgreSQL 18 server with pg_trickle preloaded" >&2; exit 2; }
 	$(PY) -m pytest tests/integration $(PYTEST_ARGS)
 
-lint: $(STAMP)
+lint: $(STAMP) ## ruff check and ruff format --check
 	$(PY) -m ruff check .
 	$(PY) -m ruff format --check .
 
@@ -53,7 +56,7 @@ monitoring: $(STAMP) ## render the monitoring package (monitoring/): compose's a
 grafana-schema: ## regenerate monitoring/grafana/schema/dashboard.schema.json from npm @grafana/schema (needs node and npm)
 	bash monitoring/grafana/schema/generate.sh
 
-clean:
+clean: ## remove .venv, caches, test output and the preview's data
 	rm -rf $(VENV) .pytest_cache .ruff_cache test-output .preview
 
 # -- containers, compose, Kubernetes ----------------------------------------------------------------------
@@ -103,10 +106,13 @@ manifests: $(STAMP) ## render k8s/ (plain manifests and kustomize base/overlays)
 lint-docker: $(STAMP) ## hadolint the Dockerfile
 	$(VENV)/bin/hadolint services/Dockerfile
 
+version-check: ## the version in pyproject.toml, Chart.yaml and compose.yaml agree (CHANGELOG.md: docs/release.md)
+	$(PYTHON) devenv/release.py check
+
 print-images: ## the image names make images builds (and make kind-up loads)
 	@echo $(PG_TRICKLE_IMAGE) $(IMAGES)
 
-kind-up: images ## kind cluster + images + helm upgrade --install with values-$(SCENARIO).yaml, wait, print URLs
+kind-up: images ## kind cluster + images + helm upgrade --install --wait --wait-for-jobs with values-$(SCENARIO).yaml, print URLs
 	@command -v $(KIND) >/dev/null || { echo "error: kind is not installed (https://kind.sigs.k8s.io)" >&2; exit 2; }
 	@command -v $(HELM) >/dev/null || { echo "error: helm is not installed" >&2; exit 2; }
 	@command -v $(KUBECTL) >/dev/null || { echo "error: kubectl is not installed" >&2; exit 2; }
@@ -118,10 +124,7 @@ kind-up: images ## kind cluster + images + helm upgrade --install with values-$(
 	$(KIND) load docker-image --name $(KIND_CLUSTER) $(PG_TRICKLE_IMAGE) \
 	  || echo "note: could not load $(PG_TRICKLE_IMAGE) into the node; the node will pull it from the registry"
 	$(HELM) upgrade --install $(RELEASE) $(CHART) --kube-context kind-$(KIND_CLUSTER) -n $(NAMESPACE) --create-namespace \
-	  -f $(CHART)/values-$(SCENARIO).yaml -f $(CHART)/values-kind.yaml --timeout 10m
-	@for d in generator dashboard exporter operator; do \
-	  $(KUBECTL) --context kind-$(KIND_CLUSTER) -n $(NAMESPACE) rollout status deployment/$(RELEASE)-pg-trickle-demo-$$d --timeout=300s || exit 1; \
-	done
+	  -f $(CHART)/values-$(SCENARIO).yaml -f $(CHART)/values-kind.yaml --wait --wait-for-jobs --timeout 10m
 	@echo "dashboard http://localhost:8080  exporter http://localhost:9188/metrics  generator http://localhost:8000/control"
 
 kind-down: ## delete the kind cluster

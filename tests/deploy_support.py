@@ -20,6 +20,8 @@ SERVICES = ("bootstrap", "generator", "dashboard", "exporter", "operator")
 # The contract's ports (CONTRACTS.md / DESIGN.md).
 SERVICE_PORTS = {"generator": 8000, "dashboard": 8080, "exporter": 9188, "operator": 8081}
 SCENARIO_VALUES = ("values-ecommerce.yaml", "values-fraud.yaml", "values-finance.yaml")
+# The StreamTable CRD's source; templates/crds.yaml renders it (crds.create).
+CRD_FILE = CHART / "files" / "crds" / "streamtables.pgtrickle.io.yaml"
 SCHEMAS = Path(__file__).resolve().parent / "k8s_static" / "schemas"
 PASSWORD_ENV = re.compile(r"PASSWORD", re.IGNORECASE)
 
@@ -47,11 +49,15 @@ def deep_merge(base: dict, over: dict) -> dict:
     return out
 
 
-def render(values: dict | None = None, *, chart: Path = CHART, name: str = "demo", namespace: str = "pgtd") -> dict:
-    """{template path: text} as `helm template` would give (NOTES.txt included)."""
+def render(
+    values: dict | None = None, *, chart: Path = CHART, name: str = "demo", namespace: str = "pgtd", revision: int = 1
+) -> dict:
+    """{template path: text} as `helm template` would give (NOTES.txt included); revision > 1 renders an upgrade."""
     hp = helm()
     loaded = hp.Chart.load(str(chart))
     try:
+        if revision > 1:
+            return loaded.render(values or {}, name=name, namespace=namespace, revision=revision, is_upgrade=True)
         return loaded.render(values or {}, name=name, namespace=namespace, is_install=True)
     finally:
         loaded.close()
@@ -105,7 +111,7 @@ def env_names(container: dict) -> set[str]:
 def crd_schema(kind: str) -> dict:
     """JSON schema of a custom resource: our own CRD from the chart, third-party ones from tests/k8s_static/schemas."""
     if kind == "StreamTable":
-        crd = yaml.safe_load((CHART / "crds" / "streamtables.pgtrickle.io.yaml").read_text())
+        crd = yaml.safe_load(CRD_FILE.read_text())
         version = next(v for v in crd["spec"]["versions"] if v.get("storage"))
         return version["schema"]["openAPIV3Schema"]
     return json.loads((SCHEMAS / f"{kind}.json").read_text())
