@@ -313,9 +313,11 @@ LANGUAGE sql STABLE AS $$
      GROUP BY refs.relid, c.relkind
 $$;
 
--- Change capture triggers (SECURITY DEFINER: a writer role with INSERT/UPDATE rights only fires them).
+-- Change capture triggers (SECURITY DEFINER: a writer role with INSERT/UPDATE rights only fires them). Their
+-- search_path is pg_catalog, then pg_temp explicitly last: pgtrickle is writable by the owner role, and
+-- every name of another schema is written out (issue 14).
 CREATE FUNCTION pgtrickle.emulator_capture_new() RETURNS trigger
-LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pgtrickle AS $$
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     n bigint;
 BEGIN
@@ -330,7 +332,7 @@ BEGIN
 END $$;
 
 CREATE FUNCTION pgtrickle.emulator_capture_old() RETURNS trigger
-LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pgtrickle AS $$
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     n bigint;
 BEGIN
@@ -345,7 +347,7 @@ BEGIN
 END $$;
 
 CREATE FUNCTION pgtrickle.emulator_capture_truncate() RETURNS trigger
-LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pgtrickle AS $$
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
     -- TRUNCATE has no transition table: count it as one change of unknown size (rows not counted).
     INSERT INTO pgtrickle.emulator_source_changes AS c (source_relid, change_seq, changed_rows)
