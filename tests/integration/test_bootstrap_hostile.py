@@ -10,6 +10,7 @@ succeed or fail with a clear message.
 from __future__ import annotations
 
 import contextlib
+import uuid
 
 import psycopg
 import pytest
@@ -230,3 +231,29 @@ def test_superuser_owned_security_definer_functions_have_a_safe_search_path(demo
         assert path is not None, f"{function} has no fixed search_path"
         parts = [part.strip().strip('"') for part in path.split(",")]
         assert parts == ["pg_catalog", "pg_temp"], f"{function}: search_path={path}"
+
+
+@pytest.mark.parametrize("schema", ["demo_bootstrap", "pgtrickle"])
+def test_schemas_planted_by_demo_before_the_bootstrap_are_refused(pg_server, engine_server, schema):
+    """`demo` owns the database, so it can create the ledger's schema or the engine's first: the bootstrap
+    must neither record its steps there nor take demo's pgtrickle for an installed emulator (whose
+    functions it would then trust)."""
+    if engine_server[1] != "emulator":
+        pytest.skip("creates a database on the local test server")
+    database = f"ecommerce_planted_{schema}_{uuid.uuid4().hex[:6]}"
+    admin_url = engine_server[0]
+    try:
+        bootstrap(admin_url, get_scenario("ecommerce"), "emulator", PASSWORDS, database=database, report=lambda _: None)
+        with psycopg.connect(pg_server.url(database), autocommit=True) as conn:
+            conn.execute(sql.SQL("DROP SCHEMA {} CASCADE").format(sql.Identifier(schema)))
+        with psycopg.connect(pg_server.url(database, OWNER, PASSWORDS.owner), autocommit=True) as conn:
+            conn.execute(sql.SQL("CREATE SCHEMA {}").format(sql.Identifier(schema)))
+        with pytest.raises(FatalError, match=r"not owned by a superuser|not a superuser") as failure:
+            bootstrap(admin_url, get_scenario("ecommerce"), "emulator", PASSWORDS, database=database, report=print)
+        assert f"schema {schema} " in str(failure.value) or f"schemas not owned by a superuser: {schema} " in str(
+            failure.value
+        )
+        assert "\n" not in str(failure.value)
+    finally:
+        with psycopg.connect(admin_url, autocommit=True) as conn:
+            conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(database)))
