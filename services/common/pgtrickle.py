@@ -399,6 +399,55 @@ def change_buffer_sizes(conn: psycopg.Connection) -> list[ChangeBuffer]:
     )
 
 
+@dataclass(frozen=True)
+class SlotHealth:
+    """pgtrickle.slot_health(): one row per CDC source (trigger mode: the trigger, 0 bytes of WAL retained)."""
+
+    slot_name: str
+    source_table: str | None  # schema.table of source_relid (NULL if the table is gone)
+    active: bool
+    retained_wal_bytes: int
+    wal_status: str
+
+
+def slot_health(conn: psycopg.Connection) -> list[SlotHealth]:
+    return _fetch(
+        conn,
+        SlotHealth,
+        """SELECT h.slot_name, format('%%I.%%I', n.nspname, c.relname) AS source_table, h.active,
+                  h.retained_wal_bytes, h.wal_status
+             FROM pgtrickle.slot_health() h
+             LEFT JOIN pg_catalog.pg_class c ON c.oid = h.source_relid::oid
+             LEFT JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+            ORDER BY 2""",
+    )
+
+
+@dataclass(frozen=True)
+class WorkerPool:
+    """pgtrickle.worker_pool_status(): the dynamic refresh worker pool (src/monitor/health.rs)."""
+
+    active_workers: int
+    max_workers: int
+    parallel_mode: str
+
+
+def worker_pool_status(conn: psycopg.Connection) -> WorkerPool | None:
+    rows = _fetch(
+        conn, WorkerPool, "SELECT active_workers, max_workers, parallel_mode FROM pgtrickle.worker_pool_status()"
+    )
+    return rows[0] if rows else None
+
+
+def refresh_jobs_by_status(conn: psycopg.Connection) -> dict[str, int]:
+    """Queued and running scheduler jobs (pgtrickle.parallel_job_status(0): jobs finished 0 s ago drop out)."""
+    rows = conn.execute(
+        "SELECT status, count(*) FROM pgtrickle.parallel_job_status(0) WHERE status IN ('QUEUED', 'RUNNING')"
+        " GROUP BY status"
+    ).fetchall()
+    return {status: count for status, count in rows}
+
+
 def database_now(conn: psycopg.Connection) -> datetime:
     """The server's transaction time: ages are computed against it, never against a local clock."""
     return conn.execute("SELECT now()").fetchone()[0]

@@ -1440,3 +1440,48 @@ BEGIN
             0);
     END LOOP;
 END $$;
+
+-- ---------------------------------------------------------------------------------------------------------
+-- The engine's capacity surface (src/monitor/alert.rs collect_slot_health_rows, src/monitor/health.rs
+-- worker_pool_status and parallel_job_status at v0.67.0). The emulator captures changes with triggers and
+-- refreshes in one scheduler session, never in dynamic workers, so each function answers what pg_trickle
+-- answers in the same configuration: trigger-mode sources retain no WAL, and with parallel refresh off no
+-- worker is busy and no job is queued.
+-- ---------------------------------------------------------------------------------------------------------
+
+CREATE FUNCTION pgtrickle.slot_health()
+RETURNS TABLE (slot_name text, source_relid bigint, active boolean, retained_wal_bytes bigint, wal_status text)
+LANGUAGE sql STABLE SET search_path = pg_catalog AS $$
+    -- One row per tracked source; in trigger mode the engine reports its capture trigger's name, 0 bytes.
+    SELECT (SELECT min(t.tgname::text) FROM pg_catalog.pg_trigger t
+             WHERE t.tgrelid = c.source_relid AND t.tgname::text LIKE 'pgt\_%'),
+           c.source_relid::bigint, true, 0::bigint, 'trigger'
+      FROM pgtrickle.emulator_source_changes c
+     ORDER BY c.source_relid
+$$;
+
+CREATE FUNCTION pgtrickle.worker_pool_status()
+RETURNS TABLE (active_workers integer, max_workers integer, per_db_cap integer, parallel_mode text,
+               idle_workers integer, last_scheduler_tick_unix bigint, ring_overflow_count bigint,
+               citus_failure_total bigint)
+LANGUAGE sql STABLE SET search_path = pg_catalog AS $$
+    -- max_workers and per_db_cap are the GUCs (defaults 4 and 4, src/config.rs); the emulator never starts a
+    -- dynamic worker, so active is 0. It keeps no tick clock in shared memory: the last tick is unknown (NULL).
+    SELECT 0,
+           coalesce(nullif(current_setting('pg_trickle.max_dynamic_refresh_workers', true), '')::integer, 4),
+           coalesce(nullif(current_setting('pg_trickle.max_concurrent_refreshes', true), '')::integer, 4),
+           'off',
+           coalesce(nullif(current_setting('pg_trickle.max_dynamic_refresh_workers', true), '')::integer, 4),
+           NULL::bigint, 0::bigint, 0::bigint
+$$;
+
+CREATE FUNCTION pgtrickle.parallel_job_status(max_age_seconds integer DEFAULT 300)
+RETURNS TABLE (job_id bigint, unit_key text, unit_kind text, status text, member_count integer,
+               attempt_no integer, scheduler_pid integer, worker_pid integer, enqueued_at timestamptz,
+               started_at timestamptz, finished_at timestamptz, duration_ms double precision)
+LANGUAGE sql STABLE SET search_path = pg_catalog AS $$
+    -- pgt_scheduler_jobs stays empty when refreshes are not dispatched to workers.
+    SELECT NULL::bigint, NULL::text, NULL::text, NULL::text, NULL::integer, NULL::integer, NULL::integer,
+           NULL::integer, NULL::timestamptz, NULL::timestamptz, NULL::timestamptz, NULL::double precision
+     WHERE false
+$$;
