@@ -85,7 +85,14 @@ def main() -> int:
         print(
             f"preview: PostgreSQL 18 listening on {server.host}:{server.port} (data in {server.data_dir})", flush=True
         )
-        bootstrap(server.admin_url, scenario, "emulator", passwords, report=lambda line: print(line, flush=True))
+        bootstrap(
+            server.admin_url,
+            scenario,
+            "emulator",
+            passwords,
+            report=lambda line: print(line, flush=True),
+            private_maintenance_databases=True,  # the preview's server is its own
+        )
         db = scenario.database
         scheduler = EmulatorScheduler(server.url(db, OWNER, passwords.owner)).start()
         children.append(

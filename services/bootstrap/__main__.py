@@ -11,7 +11,7 @@ import argparse
 from services.bootstrap.core import ENGINES, RolePasswords, bootstrap
 from services.common.cli import run_main
 from services.common.scenarios import DEFAULT_SCENARIO, SCENARIO_NAMES, get_scenario
-from services.common.settings import ConfigError, database_conninfo, env_choice, env_float, env_str
+from services.common.settings import ConfigError, database_conninfo, env_bool, env_choice, env_float, env_str
 
 
 class _Parser(argparse.ArgumentParser):
@@ -49,6 +49,9 @@ def main(argv=None) -> int:
         RolePasswords.from_env(),
         database=args.database or env_str("DEMO_DATABASE"),
         connect_timeout=env_float("BOOTSTRAP_CONNECT_TIMEOUT", 60.0, minimum=0.0),
+        # true on a server that is the demo's own (the chart's StatefulSet, compose, make preview): CONNECT on
+        # postgres and template1 is revoked from PUBLIC, so the service roles reach their database only.
+        private_maintenance_databases=env_bool("BOOTSTRAP_PRIVATE_MAINTENANCE_DATABASES", False),
         report=lambda line: print(line, flush=True),
     )
     return 0

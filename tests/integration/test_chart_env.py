@@ -68,6 +68,8 @@ def test_bootstrap_and_generator_run_with_the_charts_environment(pg_server, imag
         env = chart_env("Job", "bootstrap", scenario)
         assert env["DEMO_SCENARIO"] == scenario and env["PGUSER"] == "postgres"
         env.update(local, DEMO_ENGINE="emulator", DEMO_DATABASE=database, BOOTSTRAP_CONNECT_TIMEOUT="10")
+        assert env["BOOTSTRAP_PRIVATE_MAINTENANCE_DATABASES"] == "true"  # the chart's StatefulSet is its own server
+        env["BOOTSTRAP_PRIVATE_MAINTENANCE_DATABASES"] = "false"  # the test suite's shared server is not
         boot = run_service(image_root, "bootstrap", env)
         assert boot.returncode == 0, boot.stdout + boot.stderr
 
