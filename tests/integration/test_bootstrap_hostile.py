@@ -214,23 +214,35 @@ def test_demo_cannot_plant_triggers_on_objects_it_does_not_own(demo_db):
 
 
 def test_superuser_owned_security_definer_functions_have_a_safe_search_path(demo_db):
-    """Every SECURITY DEFINER function in a scenario database pins search_path to pg_catalog, then pg_temp
-    (explicitly last), with no schema another role can create objects in."""
+    """Every SECURITY DEFINER function a superuser owns in a scenario database pins search_path to pg_catalog,
+    then pg_temp (explicitly last), with no schema another role can create objects in. Those `demo` owns (the
+    capture functions create_stream_table makes as its caller, with pg_trickle's own search_path
+    `pgtrickle_changes, pgtrickle, pg_catalog, pg_temp`, src/cdc/triggers.rs; the advisor wrapper) run as
+    `demo` and so raise nobody above `demo`; their search_path is fixed too, and no service role can create in
+    any schema of it."""
     db = demo_db("ecommerce")
     with psycopg.connect(db.admin_url) as conn:
         rows = conn.execute(
-            """SELECT p.oid::regprocedure::text,
+            """SELECT p.oid::regprocedure::text, r.rolsuper, r.rolname,
                       (SELECT pg_catalog.substr(c, 13) FROM pg_catalog.unnest(p.proconfig) c
                         WHERE c LIKE 'search_path=%%')
-                 FROM pg_catalog.pg_proc p
+                 FROM pg_catalog.pg_proc p JOIN pg_catalog.pg_roles r ON r.oid = p.proowner
                 WHERE p.prosecdef AND p.pronamespace <> 'pg_catalog'::regnamespace
                   AND p.pronamespace <> 'information_schema'::regnamespace"""
         ).fetchall()
-    assert rows, "the emulator's capture functions are SECURITY DEFINER"
-    for function, path in rows:
-        assert path is not None, f"{function} has no fixed search_path"
-        parts = [part.strip().strip('"') for part in path.split(",")]
-        assert parts == ["pg_catalog", "pg_temp"], f"{function}: search_path={path}"
+        assert any(superuser for _, superuser, _, _ in rows), "the emulator's own functions are SECURITY DEFINER"
+        for function, superuser, owner, path in rows:
+            assert path is not None, f"{function} has no fixed search_path"
+            parts = [part.strip().strip('"') for part in path.split(",")]
+            if superuser:
+                assert parts == ["pg_catalog", "pg_temp"], f"{function}: search_path={path}"
+                continue
+            assert owner == "demo", function
+            assert parts[-1] == "pg_temp", f"{function}: pg_temp must come last ({path})"
+            for schema in set(parts) - {"pg_catalog", "pg_temp"}:
+                for role in ("demo_writer", "demo_reader", "public"):
+                    can = conn.execute("SELECT has_schema_privilege(%s, %s, 'CREATE')", (role, schema)).fetchone()[0]
+                    assert not can, f"{function}: {role} may create in {schema}"
 
 
 @pytest.mark.parametrize("schema", ["demo_bootstrap", "pgtrickle"])

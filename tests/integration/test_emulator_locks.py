@@ -71,8 +71,16 @@ def test_one_refresh_at_a_time_and_one_scheduler_with_row_locks(demo_db):
     with psycopg.connect(db.owner_url) as holder, psycopg.connect(db.owner_url, autocommit=True) as other:
         pgt_id = _ids(other)["product_sales"]
         assert holder.execute("SELECT pgtrickle.emulator_try_refresh_lock(%s)", (pgt_id,)).fetchone()[0]
-        with pytest.raises(psycopg.errors.ObjectInUse, match="already in progress"):
-            pgtrickle.refresh_stream_table(other, "product_sales")
+        # As pg_trickle's (src/api/refresh_ops.rs): a NOTICE and a normal return, nothing refreshed.
+        notices: list[str] = []
+        other.add_notice_handler(lambda diag: notices.append(diag.message_primary or ""))
+        before = other.execute(
+            "SELECT count(*) FROM pgtrickle.pgt_refresh_history WHERE pgt_id = %s", (pgt_id,)
+        ).fetchone()[0]
+        pgtrickle.refresh_stream_table(other, "product_sales")
+        assert any("another refresh is already in progress" in n for n in notices), notices
+        after = other.execute("SELECT count(*) FROM pgtrickle.pgt_refresh_history WHERE pgt_id = %s", (pgt_id,))
+        assert after.fetchone()[0] == before
         pgtrickle.refresh_stream_table(other, "category_revenue")  # other tables are not held up
         holder.rollback()
         pgtrickle.refresh_stream_table(other, "product_sales")

@@ -521,7 +521,7 @@ def test_transient_errors_suspend_after_three_with_failed_rows(db):
     db.execute("CREATE TABLE t (x int)")
     db.execute("INSERT INTO t VALUES (1)")
     db.execute(
-        "CREATE FUNCTION flaky(v int) RETURNS int LANGUAGE plpgsql AS $$ BEGIN IF v < 0 THEN"
+        "CREATE FUNCTION flaky(v int) RETURNS int LANGUAGE plpgsql IMMUTABLE AS $$ BEGIN IF v < 0 THEN"
         " RAISE EXCEPTION 'source temporarily unreachable' USING ERRCODE = '40001'; END IF; RETURN v; END $$"
     )
     db.execute("SELECT pgtrickle.create_stream_table('wobbly', 'SELECT flaky(x) AS y FROM t', '1s')")
