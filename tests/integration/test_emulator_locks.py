@@ -36,8 +36,14 @@ def test_a_reader_holding_every_old_lock_key_stalls_nothing(demo_db):
             reader.execute("SELECT pg_advisory_lock(7462, %s)", (pgt_id,))
             reader.execute("SELECT pg_advisory_lock(%s::bigint)", (pgt_id,))
         with psycopg.connect(db.owner_url, autocommit=True) as owner:
+            notices: list[str] = []
+            owner.add_notice_handler(lambda diag: notices.append(diag.message_primary or ""))
+            history = "SELECT count(*) FROM pgtrickle.pgt_refresh_history WHERE initiated_by = 'MANUAL'"
+            before = owner.execute(history).fetchone()[0]
             for name in ids:
-                pgtrickle.refresh_stream_table(owner, name)  # not "already in progress"
+                pgtrickle.refresh_stream_table(owner, name)  # not skipped as "already in progress"
+            assert not [n for n in notices if "already in progress" in n], notices
+            assert owner.execute(history).fetchone()[0] == before + len(ids)
             pgtrickle.emulator_run(owner, 10, 2)  # not "another emulator scheduler is running"
             assert (
                 owner.execute(
@@ -71,8 +77,12 @@ def test_one_refresh_at_a_time_and_one_scheduler_with_row_locks(demo_db):
     with psycopg.connect(db.owner_url) as holder, psycopg.connect(db.owner_url, autocommit=True) as other:
         pgt_id = _ids(other)["product_sales"]
         assert holder.execute("SELECT pgtrickle.emulator_try_refresh_lock(%s)", (pgt_id,)).fetchone()[0]
-        with pytest.raises(psycopg.errors.ObjectInUse, match="already in progress"):
-            pgtrickle.refresh_stream_table(other, "product_sales")
+        notices: list[str] = []
+        other.add_notice_handler(lambda diag: notices.append(diag.message_primary or ""))
+        before = other.execute("SELECT count(*) FROM pgtrickle.pgt_refresh_history").fetchone()[0]
+        pgtrickle.refresh_stream_table(other, "product_sales")  # pg_trickle: a NOTICE, nothing refreshed
+        assert any("already in progress" in notice for notice in notices), notices
+        assert other.execute("SELECT count(*) FROM pgtrickle.pgt_refresh_history").fetchone()[0] == before
         pgtrickle.refresh_stream_table(other, "category_revenue")  # other tables are not held up
         holder.rollback()
         pgtrickle.refresh_stream_table(other, "product_sales")
