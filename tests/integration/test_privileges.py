@@ -218,7 +218,8 @@ def test_the_writers_changes_land_in_the_buffer_without_any_grant_there(shop):
         with psycopg.connect(shop.writer_url, autocommit=True) as writer:
             assert not writer.execute("SELECT has_schema_privilege(%s, 'USAGE')", (CHANGES,)).fetchone()[0]
             writer.execute(
-                "INSERT INTO orders (customer_id, product_id, quantity, unit_price) VALUES (1, 1, 7001, 1), (1, 1, 7002, 1)"
+                "INSERT INTO orders (customer_id, product_id, quantity, unit_price)"
+                " VALUES (1, 1, 7001, 1), (1, 1, 7002, 1)"
             )
             with pytest.raises(psycopg.errors.InsufficientPrivilege):
                 writer.execute(
