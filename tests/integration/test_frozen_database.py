@@ -143,8 +143,10 @@ def test_exporter_scrape_and_readiness_answer_within_their_deadline(frozen_targe
                 assert "pg_trickle_up 0.0" in text, text[:500]
                 assert 'pg_trickle_exporter_scrape_errors_total{stage="deadline"}' in text
                 assert elapsed < config.scrape_timeout + HANG_MARGIN
+                print(f"\nfrozen database: exporter /metrics answered in {elapsed:.2f} s (EXPORTER_SCRAPE_TIMEOUT=2)")
             response, elapsed = timed(lambda: http.get("/readyz"), 3.0 + HANG_MARGIN)
             assert response.status_code == 503, response.get_json()
+            print(f"frozen database: exporter /readyz answered 503 in {elapsed:.2f} s")
         # Once the server resumes, scrapes recover on their own.
         _wait(lambda: "pg_trickle_up 1.0" in http.get("/metrics").get_data(as_text=True), 30, "pg_trickle_up 1")
     finally:
@@ -167,11 +169,13 @@ def test_dashboard_snapshot_and_readiness_answer_within_their_deadline(frozen_ta
         with frozen(server):
             time.sleep(1.1)  # the cached snapshot expires: the next request computes one
             for _ in range(2):
-                response, _ = timed(lambda: http.get("/api/snapshot"), bound)
+                response, elapsed = timed(lambda: http.get("/api/snapshot"), bound)
                 assert response.status_code == 503 and response.get_json()["database"]["state"] == "unreachable"
+                print(f"\nfrozen database: dashboard /api/snapshot answered 503 in {elapsed:.2f} s (timeout 1.5 s)")
                 time.sleep(1.1)
-            response, _ = timed(lambda: http.get("/readyz"), bound)
+            response, elapsed = timed(lambda: http.get("/readyz"), bound)
             assert response.status_code == 503 and response.get_json()["ready"] is False
+            print(f"frozen database: dashboard /readyz answered 503 in {elapsed:.2f} s")
         _wait(lambda: http.get("/api/snapshot").status_code == 200, 30, "a snapshot after the server resumed")
     finally:
         close_app(app)
@@ -186,6 +190,7 @@ def test_generator_stops_within_5_s_of_sigterm_while_the_database_is_frozen(froz
             code, elapsed = gen.terminate(signal.SIGTERM, timeout=30)
         assert code == 0, gen.log_text()[-2000:]
         assert elapsed < 5.0, f"SIGTERM -> exit took {elapsed:.2f} s (README: within 5 s)"
+        print(f"\nfrozen database: generator SIGTERM -> exit {elapsed:.2f} s")
 
 
 def test_exporter_stops_within_5_s_of_sigterm_while_the_database_is_frozen(frozen_target):
@@ -223,6 +228,7 @@ def test_exporter_stops_within_5_s_of_sigterm_while_the_database_is_frozen(froze
             log.seek(0)
             assert code == 0, log.read().decode()[-2000:]
             assert elapsed < 5.0, f"SIGTERM -> exit took {elapsed:.2f} s"
+            print(f"\nfrozen database: exporter SIGTERM -> exit {elapsed:.2f} s")
         finally:
             if proc.poll() is None:
                 proc.kill()
@@ -247,6 +253,7 @@ def test_dashboard_stops_within_its_graceful_timeout_while_the_database_is_froze
             code, elapsed = dash.terminate(timeout=30)
         assert code == 0, dash.log_text()[-2000:]
         assert elapsed < 5.0 + 1.0, f"SIGTERM -> exit took {elapsed:.2f} s (DASHBOARD_GRACEFUL_TIMEOUT=5)"
+        print(f"\nfrozen database: dashboard SIGTERM -> exit {elapsed:.2f} s")
 
 
 def test_frozen_helper_really_freezes(frozen_target):
