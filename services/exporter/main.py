@@ -11,7 +11,7 @@ from prometheus_client import CollectorRegistry
 from services.common.cli import stop_on_signals
 from services.common.db import make_pool
 from services.common.logs import setup_logging
-from services.common.netcheck import listen_error
+from services.common.netcheck import ensure_can_listen, listen_error
 from services.common.opsserver import OpsServer, create_ops_app
 from services.common.settings import describe_conninfo
 from services.exporter.analyses import AnalysesReader
@@ -45,6 +45,8 @@ def main() -> int:
     log = setup_logging(SERVICE)
     stop = threading.Event()
     stop_on_signals(stop, log)
+    # werkzeug prints its own two lines and exits 1 on a busy port: check first, one line naming the variable.
+    ensure_can_listen(config.host, config.port, host_var="EXPORTER_HOST", port_var="EXPORTER_PORT")
     pool, analyses, _collector, app = build(config, stop)
     try:
         server = OpsServer(app, config.host, config.port).start()

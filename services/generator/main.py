@@ -10,7 +10,7 @@ from collections.abc import Sequence
 
 from services.common.cli import stop_on_signals
 from services.common.logs import setup_logging
-from services.common.netcheck import listen_error
+from services.common.netcheck import ensure_can_listen, listen_error
 from services.common.opsserver import OpsServer, create_ops_app
 from services.generator.config import parse_config
 from services.generator.control import control_blueprint
@@ -55,6 +55,10 @@ def _watchdog(engine: Engine, finished: threading.Event, log: logging.Logger) ->
 def main(argv: Sequence[str] | None = None) -> int:
     stop = threading.Event()
     config, engine, app = build(argv, stop)
+    # werkzeug prints two lines and exits 1 on a busy port: check first (before any log line), one line instead.
+    ensure_can_listen(
+        config.http_host, config.http_port, host_var="GENERATOR_HTTP_HOST", port_var="GENERATOR_HTTP_PORT"
+    )
     os.environ["LOG_LEVEL"] = config.log_level  # the flag wins over the variable
     log = setup_logging(SERVICE)
     stop_on_signals(stop, log)
