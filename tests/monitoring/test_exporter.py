@@ -41,7 +41,7 @@ ENUMERATIONS = {
     "operation": {"inserted", "deleted"},
     "mode": set(MODES),
     "severity": set(SEVERITIES),
-    "stage": {"connect", "catalog", "history", "change_buffers", "health_check", "analyses"},
+    "stage": {"connect", "catalog", "history", "change_buffers", "health_check", "analyses", "deadline"},
 }
 
 
