@@ -1,4 +1,4 @@
-"""The dashboard's settings, from environment variables (documented in the README's Configuration table).
+"""The dashboard's settings, from environment variables (documented in docs/configuration.md).
 
 A bad value raises ConfigError naming the variable (cli.run_main turns it into one line and exit code 2).
 """

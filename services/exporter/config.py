@@ -1,4 +1,4 @@
-"""The exporter's settings, from environment variables (documented in the README's Configuration table)."""
+"""The exporter's settings, from environment variables (documented in docs/configuration.md)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The operator's settings, from environment variables (see the README's Configuration table)."""
+"""The operator's settings, from environment variables (see docs/configuration.md)."""
 
 from __future__ import annotations
 
