@@ -162,3 +162,17 @@ def test_loads_limits():
     for bad in ("[" * 33 + "]" * 33, "1" * 33, "NaN", "1e400", "{"):
         with pytest.raises(httpguard.BadJson):
             httpguard.loads(bad)
+
+
+def test_the_dashboard_worker_hands_over_only_complete_requests():
+    from services.dashboard.worker import MAX_HEAD_BYTES, request_complete
+
+    head = b"POST /api/control/rate HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+    assert not request_complete(b"GET / HTTP/1.1\r\nHost: x\r\n")  # the head is not finished
+    assert request_complete(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+    assert not request_complete(head + b'Content-Length: 11\r\n\r\n{"rate":')  # the body is not all there
+    assert request_complete(head + b'Content-Length: 11\r\n\r\n{"rate": 5}')
+    assert request_complete(head + b'content-length:  11 \r\n\r\n{"rate": 5}')
+    assert request_complete(head + b"Content-Length: 999999\r\n\r\n")  # over the limit: the app answers 413
+    assert request_complete(head + b"Transfer-Encoding: chunked\r\n\r\n")  # read by the thread, with a timeout
+    assert request_complete(b"GET /" + b"a" * (MAX_HEAD_BYTES + 1))  # gunicorn's parser refuses it
