@@ -39,7 +39,7 @@ from services.common import pgtrickle
 from services.common.cli import FatalError
 from services.common.db import connect_with_retry, first_line
 from services.common.scenarios import Scenario, sql_root
-from services.common.settings import ConfigError, describe_conninfo, env_str
+from services.common.settings import ConfigError, describe_conninfo, env_password
 
 OWNER, WRITER, READER = "demo", "demo_writer", "demo_reader"
 # pgtrickle routines that change stream tables, the catalog or the scheduler's state (pg_trickle's and
@@ -104,7 +104,7 @@ class RolePasswords:
 
     @classmethod
     def from_env(cls) -> RolePasswords:
-        values = {role: env_str(var) for role, var in PASSWORD_VARIABLES.items()}
+        values = {role: env_password(var) for role, var in PASSWORD_VARIABLES.items()}  # used exactly
         missing = [PASSWORD_VARIABLES[role] for role, value in values.items() if not value]
         if missing:
             raise ConfigError(

@@ -9,14 +9,19 @@ from __future__ import annotations
 import os
 
 from services.dashboard.config import DashboardConfig, load_config
+from services.dashboard.worker import HardenedThreadWorker
 
 
 def gunicorn_options(config: DashboardConfig) -> dict:
+    # Set before gunicorn forks its workers, which inherit it (gunicorn has no setting of its own for this).
+    HardenedThreadWorker.read_timeout = config.read_timeout
     return {
         "bind": [f"{config.host}:{config.port}"],
         "workers": config.workers,
         "threads": config.threads,
-        "worker_class": "gthread",
+        # gthread, but a request is read in the event loop and only a complete one takes a thread: slow or
+        # idle clients cannot occupy the threads (services/dashboard/worker.py, issue 14).
+        "worker_class": "services.dashboard.worker.HardenedThreadWorker",
         "graceful_timeout": config.graceful_timeout,  # SIGTERM: finish requests in flight, then exit
         "timeout": 30,
         "keepalive": 5,

@@ -9,6 +9,7 @@ import time
 import kopf
 
 from services.common.logs import setup_logging
+from services.common.netcheck import ensure_can_listen
 from services.operator.config import OperatorConfig, load_config
 from services.operator.handlers import Databases, build_registry, make_settings
 from services.operator.health import ApiProbe, operator_identity, serve_probes
@@ -16,6 +17,10 @@ from services.operator.health import ApiProbe, operator_identity, serve_probes
 
 def main() -> int:
     config = load_config()
+    # The probe server would fail deep inside aiohttp with a long traceback: one line naming the variable.
+    ensure_can_listen(
+        config.health_host, config.health_port, host_var="OPERATOR_HEALTH_HOST", port_var="OPERATOR_HEALTH_PORT"
+    )
     log = setup_logging("operator")
     # kopf logs every handler run at INFO; keep its chatter at WARNING unless debugging.
     if config.log_level != "DEBUG":

@@ -151,7 +151,6 @@ def test_control_api_over_http(demo_db):
             ("this is not json", "application/json"),
             ("{}", "application/json"),
             ('{"rate": 5001}', "application/json"),
-            ("rate=5", "text/plain"),
         ]:
             status, answer = gen.http("POST", "/control/rate", body, content_type)
             assert status == 400, (body, answer)
