@@ -164,6 +164,7 @@ def slow_internals(conn: psycopg.Connection) -> dict:
             {
                 "name": _short(r.pgt_schema, r.pgt_name),
                 "current_mode": r.current_mode,
+                "effective_mode": r.effective_mode,
                 "recommended_mode": r.recommended_mode,
                 "verdict": verdict(r),
                 "keep": keeps(r),
