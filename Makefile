@@ -4,7 +4,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: install test test-real lint preview bench dashboards clean images up down manifests kind-up kind-down test-kind lint-docker print-images
+.PHONY: install test test-real lint preview screenshots bench dashboards clean images up down manifests kind-up kind-down test-kind lint-docker print-images
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -14,7 +14,8 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP) ## create .venv and install the project with its test extras
 
-test: $(STAMP) ## the default suite (embedded PostgreSQL 18 + emulator)
+test: $(STAMP) ## the default suite (embedded PostgreSQL 18 + emulator); checks chromium and prometheus first
+	@test -n "$(SKIP_PREREQS)" || $(PY) -m devenv.prereqs
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 test-real: $(STAMP) ## integration tests against the server in TEST_DATABASE_URL (real pg_trickle)
@@ -27,6 +28,11 @@ lint: $(STAMP)
 
 preview: $(STAMP) ## embedded PostgreSQL 18 + emulator + bootstrap + scheduler + generator, in the foreground
 	$(PY) -m devenv.preview
+
+screenshots: $(STAMP) ## regenerate docs/screenshots/<scenario>-<1440|390>.png from the browser tests; commit the result
+	@$(PY) -m devenv.prereqs
+	DASHBOARD_SCREENSHOTS=$(CURDIR)/docs/screenshots $(PY) -m pytest tests/integration/test_dashboard_browser.py \
+	  -k test_dag_edges_avoid_node_boxes_and_screenshots -p no:cacheprovider $(PYTEST_ARGS)
 
 bench: $(STAMP) ## benchmarks under tests/bench (print figures; not part of make test)
 	$(PY) -m pytest tests/bench -m bench -s -p no:cacheprovider $(PYTEST_ARGS)

@@ -148,7 +148,7 @@ class View(ScenarioView):
                     column("total_revenue", "Revenue", "money"),
                 ],
                 rows=countries,
-                wide=True,
+                wide=False,
             ),
         ]
         tiles = [

@@ -200,7 +200,9 @@
       const datasets = h.series.map((s, i) => ({ label: s.label, data: points(s.values), borderColor: colour(s, i),
         backgroundColor: colour(s, i) + "33", fill: h.series.length === 1, cubicInterpolationMode: "monotone",
         tension: 0.2, pointRadius: 0, borderWidth: 2, spanGaps: false }));
-      const x = { type: "linear", min: newest - history.window_s, max: newest, grid: { display: false },
+      // The axis spans the window, or less while the samples do not cover it yet (a dashboard just started).
+      const oldest = h.times.length ? h.times[0] : newest - history.window_s;
+      const x = { type: "linear", min: Math.max(newest - history.window_s, oldest), max: newest, grid: { display: false },
         ticks: { maxTicksLimit: 6, maxRotation: 0, callback: (v) => Fmt.time(v) } };
       if (ref.chart) {
         ref.chart.data.datasets = datasets;
