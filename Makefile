@@ -4,7 +4,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: install test test-real lint preview screenshots bench dashboards clean images up down manifests kind-up kind-down test-kind lint-docker print-images
+.PHONY: install test test-real lint preview screenshots bench dashboards monitoring grafana-schema clean images up down manifests kind-up kind-down test-kind lint-docker print-images
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -37,8 +37,15 @@ screenshots: $(STAMP) ## regenerate docs/screenshots/<scenario>-<1440|390>.png f
 bench: $(STAMP) ## benchmarks under tests/bench (print figures; not part of make test)
 	$(PY) -m pytest tests/bench -m bench -s -p no:cacheprovider $(PYTEST_ARGS)
 
-dashboards: $(STAMP) ## regenerate the Grafana dashboards (helm/pg-trickle-demo/dashboards/*.json); commit the result
+dashboards: $(STAMP) ## regenerate the Grafana dashboards (monitoring/dashboards/*.json) and sync the monitoring package
 	$(PY) monitoring/grafana/generate_dashboards.py
+	$(PY) monitoring/build.py
+
+monitoring: $(STAMP) ## render the monitoring package (monitoring/): compose's alert rules and the chart's copies; commit the result
+	$(PY) monitoring/build.py
+
+grafana-schema: ## regenerate monitoring/grafana/schema/dashboard.schema.json from npm @grafana/schema (needs node and npm)
+	bash monitoring/grafana/schema/generate.sh
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache test-output .preview

@@ -1,6 +1,6 @@
 """Generates the Grafana dashboards (JSON) with grafana-foundation-sdk, the build for Grafana 11.6.
 
-    python monitoring/grafana/generate_dashboards.py          # writes helm/pg-trickle-demo/dashboards/*.json
+    python monitoring/grafana/generate_dashboards.py          # writes monitoring/dashboards/*.json
     python monitoring/grafana/generate_dashboards.py --check  # exit 1 if the committed JSON is out of date
 
 (`make dashboards` runs the first.) The JSON is committed: the Helm chart turns every file into a sidecar
@@ -33,7 +33,7 @@ from grafana_foundation_sdk.models import dashboard as model
 from grafana_foundation_sdk.models.prometheus import PromQueryFormat
 
 ROOT = Path(__file__).resolve().parents[2]
-OUTPUT = ROOT / "helm" / "pg-trickle-demo" / "dashboards"
+OUTPUT = ROOT / "monitoring" / "dashboards"
 
 DATASOURCE = model.DataSourceRef(type_val="prometheus", uid="${datasource}")
 SCENARIO = 'pg_trickle_info{scenario=~"$scenario"}'
@@ -591,8 +591,18 @@ DASHBOARDS: dict[str, Callable[[], model.Dashboard]] = {
 }
 
 
+# The SDK writes an interval variable's auto-step settings on every variable; Grafana's dashboard schema
+# (@grafana/schema VariableModel, checked by tests/monitoring/test_dashboard_schema.py) has no such fields.
+INTERVAL_ONLY_FIELDS = ("auto", "auto_count", "auto_min")
+
+
 def render(dashboard: model.Dashboard) -> str:
-    return json.dumps(dashboard, cls=JSONEncoder, indent=2, sort_keys=True) + "\n"
+    document = json.loads(json.dumps(dashboard, cls=JSONEncoder))
+    for variable in document.get("templating", {}).get("list", []):
+        if variable.get("type") != "interval":
+            for field in INTERVAL_ONLY_FIELDS:
+                variable.pop(field, None)
+    return json.dumps(document, indent=2, sort_keys=True) + "\n"
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -9,6 +9,11 @@ Who does what:
   tables), as a user or the operator would;
 - `demo_writer` (generator) may SELECT/INSERT/UPDATE the base tables only; `demo_reader` (dashboard,
   exporter) may SELECT the stream tables and the pgtrickle catalog only.
+- pg_trickle's change buffers (schema pgtrickle_changes, closed to PUBLIC by the extension, "F51") are
+  created by create_stream_table as the calling role: `demo` gets USAGE and CREATE there, nobody else gets
+  anything. Capture triggers are SECURITY DEFINER, so the writer needs no right on the buffers; the reader
+  runs the advisor (which counts buffer rows as the caller) through demo_monitor.recommend_refresh_mode(),
+  a SECURITY DEFINER wrapper that returns the advisor's answer only. See README "Roles and privileges".
 """
 
 from __future__ import annotations
@@ -60,7 +65,11 @@ MUTATING_ROUTINES = (
     "emulator_capture_new",
     "emulator_capture_old",
     "emulator_capture_truncate",
+    "emulator_attach_buffer",
+    "emulator_sync_buffer",
+    "emulator_consume_buffers",
 )
+CHANGE_SCHEMA = "pgtrickle_changes"  # pg_trickle's change-buffer schema (pg_trickle.change_buffer_schema)
 PASSWORD_VARIABLES = {OWNER: "DEMO_PASSWORD", WRITER: "DEMO_WRITER_PASSWORD", READER: "DEMO_READER_PASSWORD"}
 ENGINES = ("extension", "emulator")
 PG_TRICKLE_IMAGE = "ghcr.io/trickle-labs/pg_trickle"
@@ -155,6 +164,7 @@ class Bootstrap:
         self._apply_as_owner(db, f"{self.scenario.name}/schema", self.scenario.sql_file("schema.sql"), once=True)
         self._apply_as_owner(db, f"{self.scenario.name}/seed", self.scenario.sql_file("seed.sql"), once=True)
         self._stream_tables(db)
+        self._apply_as_owner(db, "monitoring", sql_root() / "common" / "monitoring.sql", once=False)
         self._grants(db)
         self._summary(db)
 
@@ -294,6 +304,24 @@ class Bootstrap:
         db.execute(sql.SQL("GRANT USAGE, CREATE ON SCHEMA pgtrickle TO {}").format(owner))
         db.execute(sql.SQL("GRANT ALL ON ALL TABLES IN SCHEMA pgtrickle TO {}").format(owner))
         db.execute(sql.SQL("GRANT ALL ON ALL SEQUENCES IN SCHEMA pgtrickle TO {}").format(owner))
+        # create_stream_table creates each source's change buffer and capture trigger functions in
+        # pgtrickle_changes as the calling role (pg_trickle 0.67: src/api/helpers.rs setup_cdc_for_source,
+        # src/cdc/mod.rs create_change_buffer_table): the owner needs USAGE and CREATE there. The extension
+        # closes the schema to PUBLIC (src/lib.rs, "F51"); the reader and the writer never get anything on it
+        # (revoked here too, so a hand-made grant does not survive a re-run).
+        if not db.execute("SELECT 1 FROM pg_namespace WHERE nspname = %s", (CHANGE_SCHEMA,)).fetchone():
+            raise FatalError(
+                f"schema {CHANGE_SCHEMA} is missing from database {self.database}: the engine did not install"
+                " it (pg_trickle keeps its change buffers there); an emulator installed by an older bootstrap"
+                " lacks it: recreate the database"
+            )
+        changes = sql.Identifier(CHANGE_SCHEMA)
+        db.execute(sql.SQL("GRANT USAGE, CREATE ON SCHEMA {} TO {}").format(changes, owner))
+        db.execute(
+            sql.SQL("REVOKE ALL ON SCHEMA {} FROM PUBLIC, {}, {}").format(
+                changes, sql.Identifier(WRITER), sql.Identifier(READER)
+            )
+        )
         if db.execute("SELECT 1 FROM pg_roles WHERE rolname = 'pgtrickle_admin'").fetchone():
             # pg_trickle >= 0.108 ships its own admin role for create/alter/drop.
             db.execute(sql.SQL("GRANT pgtrickle_admin TO {}").format(owner))
@@ -312,7 +340,8 @@ class Bootstrap:
             db.execute(sql.SQL("GRANT EXECUTE ON ROUTINE {} TO {}").format(sql.SQL(signature), owner))
         self._say(
             f"catalog: {OWNER} may create and manage stream tables "
-            f"({len(routines)} changing pgtrickle routines executable by {OWNER} only)"
+            f"({len(routines)} changing pgtrickle routines executable by {OWNER} only; "
+            f"USAGE, CREATE on {CHANGE_SCHEMA} for {OWNER} only)"
         )
 
     # -- scenario SQL ----------------------------------------------------------------------------------
@@ -343,7 +372,7 @@ class Bootstrap:
             with db.transaction():
                 db.execute(sql.SQL("SET LOCAL ROLE {}").format(sql.Identifier(OWNER)))
                 db.execute(text)
-                if once or step == "meta":
+                if once or step in ("meta", "monitoring"):
                     self._record(db, step, checksum)
         except psycopg.Error as exc:
             raise FatalError(f"{path.relative_to(sql_root())} failed: {first_line(exc)}") from None
@@ -356,6 +385,18 @@ class Bootstrap:
             with db.transaction():
                 db.execute(sql.SQL("SET LOCAL ROLE {}").format(sql.Identifier(OWNER)))
                 db.execute(path.read_text())
+        except psycopg.errors.InsufficientPrivilege as exc:
+            # Nothing of the file is kept (one transaction): fix the grant and run the bootstrap again.
+            hint = ""
+            if CHANGE_SCHEMA in str(exc):
+                hint = (
+                    f"; role {OWNER} needs USAGE and CREATE on schema {CHANGE_SCHEMA} (create_stream_table creates"
+                    " each source's change buffer there as the calling role)"
+                )
+            raise FatalError(
+                f"{path.relative_to(sql_root())} failed as role {OWNER}: {first_line(exc)}{hint}; "
+                "no stream table was created"
+            ) from None
         except psycopg.Error as exc:
             raise FatalError(f"{path.relative_to(sql_root())} failed: {first_line(exc)}") from None
         catalog = {st.pgt_name: st for st in pgtrickle.stream_tables(db) if st.pgt_schema == "public"}
@@ -412,6 +453,13 @@ class Bootstrap:
                 db.execute(sql.SQL("GRANT EXECUTE ON FUNCTION {} TO {}").format(sql.SQL(function), reader))
         if db.execute("SELECT 1 FROM pg_roles WHERE rolname = 'pgtrickle_reader'").fetchone():
             db.execute(sql.SQL("GRANT pgtrickle_reader TO {}").format(reader))
+        # The advisor counts change-buffer rows as the caller: the reader runs it through the owner's wrapper.
+        with db.transaction():
+            db.execute(sql.SQL("SET LOCAL ROLE {}").format(owner))
+            db.execute(sql.SQL("GRANT USAGE ON SCHEMA demo_monitor TO {}").format(reader))
+            db.execute(
+                sql.SQL("GRANT EXECUTE ON FUNCTION demo_monitor.recommend_refresh_mode(text) TO {}").format(reader)
+            )
         self._say(
             f"grants: {WRITER} writes {len(base_tables)} base tables; "
             f"{READER} reads {len(stream_tables)} stream tables and the pgtrickle catalog"

@@ -162,7 +162,7 @@ class Dependency:
 # -- reads ---------------------------------------------------------------------------------------------
 
 
-def _fetch(conn: psycopg.Connection, record: type, query: str, params: tuple | dict = ()):
+def _fetch(conn: psycopg.Connection, record: type, query: str | sql.Composable, params: tuple | dict = ()):
     with conn.cursor(row_factory=class_row(record)) as cur:
         cur.execute(query, params)
         return cur.fetchall()
@@ -414,6 +414,55 @@ def change_buffer_sizes(conn: psycopg.Connection) -> list[ChangeBuffer]:
     )
 
 
+@dataclass(frozen=True)
+class SlotHealth:
+    """pgtrickle.slot_health(): one row per CDC source (trigger mode: the trigger, 0 bytes of WAL retained)."""
+
+    slot_name: str
+    source_table: str | None  # schema.table of source_relid (NULL if the table is gone)
+    active: bool
+    retained_wal_bytes: int
+    wal_status: str
+
+
+def slot_health(conn: psycopg.Connection) -> list[SlotHealth]:
+    return _fetch(
+        conn,
+        SlotHealth,
+        """SELECT h.slot_name, format('%%I.%%I', n.nspname, c.relname) AS source_table, h.active,
+                  h.retained_wal_bytes, h.wal_status
+             FROM pgtrickle.slot_health() h
+             LEFT JOIN pg_catalog.pg_class c ON c.oid = h.source_relid::oid
+             LEFT JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+            ORDER BY 2""",
+    )
+
+
+@dataclass(frozen=True)
+class WorkerPool:
+    """pgtrickle.worker_pool_status(): the dynamic refresh worker pool (src/monitor/health.rs)."""
+
+    active_workers: int
+    max_workers: int
+    parallel_mode: str
+
+
+def worker_pool_status(conn: psycopg.Connection) -> WorkerPool | None:
+    rows = _fetch(
+        conn, WorkerPool, "SELECT active_workers, max_workers, parallel_mode FROM pgtrickle.worker_pool_status()"
+    )
+    return rows[0] if rows else None
+
+
+def refresh_jobs_by_status(conn: psycopg.Connection) -> dict[str, int]:
+    """Queued and running scheduler jobs (pgtrickle.parallel_job_status(0): jobs finished 0 s ago drop out)."""
+    rows = conn.execute(
+        "SELECT status, count(*) FROM pgtrickle.parallel_job_status(0) WHERE status IN ('QUEUED', 'RUNNING')"
+        " GROUP BY status"
+    ).fetchall()
+    return {status: count for status, count in rows}
+
+
 def database_now(conn: psycopg.Connection) -> datetime:
     """The server's transaction time: ages are computed against it, never against a local clock."""
     return conn.execute("SELECT now()").fetchone()[0]
@@ -429,13 +478,27 @@ def refresh_efficiency(conn: psycopg.Connection) -> list[Efficiency]:
     )
 
 
+# The bootstrap's wrapper (sql/common/monitoring.sql): the advisor counts change-buffer rows in
+# pgtrickle_changes as the caller, where the monitoring role has no right; the wrapper runs it as the owner.
+ADVISOR_WRAPPER = "demo_monitor.recommend_refresh_mode(text)"
+
+
 def recommend_refresh_mode(conn: psycopg.Connection, name: str | None = None) -> list[Recommendation]:
+    """The Advisor, through the bootstrap's wrapper when the database has it (it does wherever the demo roles
+    run), else pgtrickle.recommend_refresh_mode() itself."""
+    (wrapped,) = conn.execute(
+        "SELECT to_regprocedure(%s) IS NOT NULL AND has_function_privilege(to_regprocedure(%s), 'EXECUTE')",
+        (ADVISOR_WRAPPER, ADVISOR_WRAPPER),
+    ).fetchone()
+    function = sql.Identifier("demo_monitor" if wrapped else "pgtrickle", "recommend_refresh_mode")
     return _fetch(
         conn,
         Recommendation,
-        """SELECT pgt_schema, pgt_name, current_mode, effective_mode, recommended_mode, confidence,
+        sql.SQL(
+            """SELECT pgt_schema, pgt_name, current_mode, effective_mode, recommended_mode, confidence,
                   reason, signals
-             FROM pgtrickle.recommend_refresh_mode(%s) ORDER BY pgt_schema, pgt_name""",
+             FROM {}(%s) ORDER BY pgt_schema, pgt_name"""
+        ).format(function),
         (name,),
     )
 

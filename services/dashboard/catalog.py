@@ -4,12 +4,17 @@ refresh efficiency, the Refresh Mode Advisor, health checks)."""
 
 from __future__ import annotations
 
+import logging
 from collections import defaultdict
+from collections.abc import Callable
 
 import psycopg
 
 from services.common import pgtrickle
+from services.common.db import first_line
 from services.dashboard.scenarios import jsonable
+
+log = logging.getLogger(__name__)
 
 EMULATOR_LABEL = "emulator: full recomputation, differential figures not measured"
 
@@ -143,37 +148,88 @@ def live_internals(conn: psycopg.Connection, refresh_limit: int = 20) -> dict:
     }
 
 
+# The slow internals are the engine's own analyses: one that fails (a missing privilege, a statement
+# timeout, a function the engine lacks) empties its panel only, which says in words what could not be read.
+SLOW_PANELS = {
+    "efficiency": "refresh efficiency (pgtrickle.refresh_efficiency())",
+    "advisor": "the Refresh Mode Advisor (pgtrickle.recommend_refresh_mode())",
+    "health": "the health checks (pgtrickle.health_check())",
+}
+
+
+def unreadable(what: str, exc: psycopg.Error) -> str:
+    """Why a panel is empty, in words (never the database's own message, which may name internals)."""
+    if isinstance(exc, psycopg.errors.InsufficientPrivilege):
+        cause = "the dashboard's database role lacks a privilege it needs (permission denied)"
+    elif isinstance(exc, psycopg.errors.QueryCanceled):
+        cause = "it took longer than the statement timeout"
+    else:
+        cause = f"the database reported an error (SQLSTATE {exc.sqlstate or 'unknown'})"
+    return f"Could not read {what}: {cause}. The rest of the page is live."
+
+
+def isolated(
+    conn: psycopg.Connection, panel: str, read: Callable[[psycopg.Connection], list]
+) -> tuple[list, str | None]:
+    """Runs one panel's read in a savepoint: its failure rolls back that read only. A broken connection is
+    not the panel's fault and is raised (the snapshot then answers 503)."""
+    try:
+        with conn.transaction():
+            return read(conn), None
+    except psycopg.Error as exc:
+        if conn.broken or conn.closed:
+            raise
+        log.warning(
+            "internals panel unavailable",
+            extra={"fields": {"panel": panel, "sqlstate": exc.sqlstate, "error": first_line(exc)}},
+        )
+        return [], unreadable(SLOW_PANELS[panel], exc)
+
+
+def _efficiency(conn: psycopg.Connection) -> list:
+    return [
+        {
+            "name": _short(e.pgt_schema, e.pgt_name),
+            "mode": e.refresh_mode,
+            "total_refreshes": e.total_refreshes,
+            "diff_count": e.diff_count,
+            "full_count": e.full_count,
+            "avg_diff_ms": e.avg_diff_ms,
+            "avg_full_ms": e.avg_full_ms,
+            "avg_change_ratio": e.avg_change_ratio,
+            "diff_speedup": e.diff_speedup,
+        }
+        for e in pgtrickle.refresh_efficiency(conn)
+    ]
+
+
+def _advisor(conn: psycopg.Connection) -> list:
+    return [
+        {
+            "name": _short(r.pgt_schema, r.pgt_name),
+            "current_mode": r.current_mode,
+            "effective_mode": r.effective_mode,
+            "recommended_mode": r.recommended_mode,
+            "verdict": verdict(r),
+            "keep": keeps(r),
+            "confidence": r.confidence,
+            "reason": r.reason,
+        }
+        for r in pgtrickle.recommend_refresh_mode(conn)
+    ]
+
+
+def _health(conn: psycopg.Connection) -> list:
+    return [{"check": h.check_name, "severity": h.severity, "detail": h.detail} for h in pgtrickle.health_check(conn)]
+
+
 def slow_internals(conn: psycopg.Connection) -> dict:
-    """Aggregates over the refresh history (efficiency, the Advisor) and health checks: they move slowly."""
-    return {
-        "efficiency": [
-            {
-                "name": _short(e.pgt_schema, e.pgt_name),
-                "mode": e.refresh_mode,
-                "total_refreshes": e.total_refreshes,
-                "diff_count": e.diff_count,
-                "full_count": e.full_count,
-                "avg_diff_ms": e.avg_diff_ms,
-                "avg_full_ms": e.avg_full_ms,
-                "avg_change_ratio": e.avg_change_ratio,
-                "diff_speedup": e.diff_speedup,
-            }
-            for e in pgtrickle.refresh_efficiency(conn)
-        ],
-        "advisor": [
-            {
-                "name": _short(r.pgt_schema, r.pgt_name),
-                "current_mode": r.current_mode,
-                "effective_mode": r.effective_mode,
-                "recommended_mode": r.recommended_mode,
-                "verdict": verdict(r),
-                "keep": keeps(r),
-                "confidence": r.confidence,
-                "reason": r.reason,
-            }
-            for r in pgtrickle.recommend_refresh_mode(conn)
-        ],
-        "health": [
-            {"check": h.check_name, "severity": h.severity, "detail": h.detail} for h in pgtrickle.health_check(conn)
-        ],
-    }
+    """Aggregates over the refresh history (efficiency, the Advisor) and health checks: they move slowly.
+    `unavailable` maps each panel that could not be read to a sentence saying so."""
+    result: dict = {"unavailable": {}}
+    for panel, read in (("efficiency", _efficiency), ("advisor", _advisor), ("health", _health)):
+        rows, problem = isolated(conn, panel, read)
+        result[panel] = rows
+        if problem:
+            result["unavailable"][panel] = problem
+    return result

@@ -38,12 +38,15 @@ ALWAYS_PRESENT = {
 MODES = ("DIFFERENTIAL", "FULL", "KEEP")
 CONFIDENCE = {"low": 1, "medium": 2, "high": 3}
 SEVERITIES = ("OK", "WARN", "ERROR")
-STAGES = ("connect", "catalog", "history", "change_buffers", "health_check", "analyses")
+STAGES = ("connect", "catalog", "history", "change_buffers", "health_check", "engine_capacity", "analyses")
 BASELINE_TIMEOUT_S = 120.0  # the start-up pass over the refresh history (first scrape only)
 _SCHEDULE_PART = re.compile(r"(\d+(?:\.\d+)?)([wdhms])")
 _UNIT_SECONDS = {"w": 604800, "d": 86400, "h": 3600, "m": 60, "s": 1}
 _CHECK_NAME = re.compile(r"[a-z][a-z0-9_]{0,62}")
 MAX_HEALTH_CHECKS = 32
+MAX_SLOTS = 256
+JOB_STATUSES = ("QUEUED", "RUNNING")
+CDC_MODES = ("trigger", "wal", "transitioning")
 _SPEEDUP = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*x\s*$")
 
 
@@ -156,6 +159,7 @@ class PgTrickleCollector(Collector):
         metrics.extend(self._history_metrics(conn, budget, tables, now))
         metrics.extend(self._buffer_metrics(conn, budget, tables))
         metrics.extend(self._health_metrics(conn, budget))
+        metrics.extend(self._capacity_metrics(conn, budget))
         metrics.extend(self._analyses_metrics(tables))
         return metrics
 
@@ -275,20 +279,79 @@ class PgTrickleCollector(Collector):
         if buffers is None:
             return []
         pending: dict[str, int] = defaultdict(int)
-        measured: set[str] = set()
+        size: dict[str, int] = defaultdict(int)
         for row in buffers:
             if row.pending_rows is not None:
                 pending[row.stream_table] += row.pending_rows
-                measured.add(row.stream_table)
+            if row.buffer_bytes is not None:
+                size[row.stream_table] += row.buffer_bytes
         family = GaugeMetricFamily(
             "pg_trickle_change_buffer_pending_rows",
             "Captured source changes the stream table has not consumed yet, summed over its sources (rows)",
             labels=["schema", "name"],
         )
+        size_family = GaugeMetricFamily(
+            "pg_trickle_change_buffer_bytes",
+            "Size of the change buffers the stream table reads, summed over its sources (bytes)",
+            labels=["schema", "name"],
+        )
         for st in tables:
-            if st.qualified_name in measured:
+            if st.qualified_name in pending:
                 family.add_metric([st.pgt_schema, st.pgt_name], pending[st.qualified_name])
-        return [family]
+            if st.qualified_name in size:
+                size_family.add_metric([st.pgt_schema, st.pgt_name], size[st.qualified_name])
+        return [family, size_family]
+
+    def _capacity_metrics(self, conn, budget: _Budget) -> list[Metric]:
+        """The engine's own capacity risks: WAL a CDC slot retains, and the refresh worker pool and job queue
+        (pgtrickle.slot_health(), worker_pool_status(), parallel_job_status(); src/monitor/alert.rs and
+        src/monitor/health.rs at v0.67.0)."""
+
+        def read(conn):
+            return (
+                pgtrickle.slot_health(conn),
+                pgtrickle.worker_pool_status(conn),
+                pgtrickle.refresh_jobs_by_status(conn),
+            )
+
+        found = self._stage(conn, budget, "engine_capacity", read)
+        if found is None:
+            return []
+        slots, pool, jobs = found
+        retained = GaugeMetricFamily(
+            "pg_trickle_slot_retained_wal_bytes",
+            "WAL a pg_trickle CDC source retains (slot_health(); 0 for trigger-based capture)",
+            labels=["source_table", "cdc_mode"],
+        )
+        seen: set[str] = set()
+        for slot in slots:
+            # One row per CDC source table: the label is bounded by the scenario's source tables.
+            if slot.source_table is None or slot.source_table in seen or len(seen) >= MAX_SLOTS:
+                continue
+            seen.add(slot.source_table)
+            mode = slot.wal_status if slot.wal_status in CDC_MODES else "other"
+            retained.add_metric([slot.source_table, mode], slot.retained_wal_bytes or 0)
+        metrics: list[Metric] = [retained]
+        if pool is not None:
+            active = GaugeMetricFamily(
+                "pg_trickle_worker_pool_active_workers", "Dynamic refresh workers busy now (worker_pool_status())"
+            )
+            active.add_metric([], pool.active_workers)
+            budget_family = GaugeMetricFamily(
+                "pg_trickle_worker_pool_max_workers",
+                "Size of the dynamic refresh worker pool (pg_trickle.max_dynamic_refresh_workers)",
+            )
+            budget_family.add_metric([], pool.max_workers)
+            metrics.extend([active, budget_family])
+        queue = GaugeMetricFamily(
+            "pg_trickle_refresh_jobs",
+            "Scheduler refresh jobs now queued or running (parallel_job_status())",
+            labels=["status"],
+        )
+        for status in JOB_STATUSES:
+            queue.add_metric([status], jobs.get(status, 0))
+        metrics.append(queue)
+        return metrics
 
     def _health_metrics(self, conn, budget: _Budget) -> list[Metric]:
         checks = self._stage(conn, budget, "health_check", pgtrickle.health_check)

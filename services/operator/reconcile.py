@@ -78,10 +78,10 @@ def unavailable(exc: BaseException) -> bool:
     return state is None or state.startswith("08") or state in _UNAVAILABLE_STATES
 
 
-def classify(exc: BaseException) -> Problem:
+def classify(exc: BaseException, role: str | None = None) -> Problem:
     """A database error as a condition: dependencies not yet created, an unreachable database and a
     timeout are retried; anything else (a bad query, an invalid schedule, a refused change) waits for a
-    spec change."""
+    spec change. `role`: the database role the operator acted as (named in a permission problem)."""
     if unavailable(exc):
         return Problem("DatabaseUnavailable", first_line(exc), retryable=True)
     if getattr(exc, "sqlstate", None) == DATABASE_MISSING:
@@ -93,7 +93,12 @@ def classify(exc: BaseException) -> Problem:
     if isinstance(exc, pgerrors.DependentObjectsStillExist):
         return Problem("DependentsExist", _message(exc), retryable=True)
     if isinstance(exc, pgerrors.InsufficientPrivilege):
-        return Problem("PermissionDenied", _message(exc), retryable=False)
+        message = _message(exc) if role is None else f"role {role}: {_message(exc)}"
+        if "pgtrickle_changes" in message:
+            # create_stream_table creates the source's change buffer there as the calling role (pg_trickle 0.67,
+            # src/api/helpers.rs setup_cdc_for_source); the bootstrap grants it to the owner role.
+            message += " (creating a stream table needs USAGE and CREATE on schema pgtrickle_changes)"
+        return Problem("PermissionDenied", message, retryable=False)
     if isinstance(exc, psycopg.Error):
         return Problem("DatabaseError", _message(exc), retryable=False)
     return Problem("InternalError", f"{exc.__class__.__name__}: {exc}", retryable=True)
@@ -198,7 +203,7 @@ def apply(
             _lock(conn, spec.name)
             _apply(conn, spec, outcome, claimed_by)
     except Exception as exc:
-        outcome.problem = classify(exc)
+        outcome.problem = classify(exc, conn.info.user)
         failed = Outcome(managed=managed, suspended_by_operator=suspended_by_operator, problem=outcome.problem)
         outcome = failed  # the transaction rolled back: nothing that was planned happened
     return _observe_into(conn, spec, outcome)
@@ -352,7 +357,7 @@ def remove(conn: psycopg.Connection | None, spec: StreamTableSpec, *, managed: b
                 pgtrickle.drop_stream_table(conn, spec.name, cascade=False)
                 outcome.actions.append(f"dropped stream table {spec.name}")
     except Exception as exc:
-        outcome.problem = classify(exc)
+        outcome.problem = classify(exc, conn.info.user)
     return outcome
 
 

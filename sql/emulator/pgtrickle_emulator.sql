@@ -119,6 +119,24 @@ CREATE TABLE pgtrickle.pgt_dependencies (
 );
 CREATE INDEX pgt_dependencies_source_idx ON pgtrickle.pgt_dependencies (source_relid);
 
+-- Change buffers live in their own schema, closed to PUBLIC as in pg_trickle's extension script (src/lib.rs,
+-- "F51": nobody may inject bogus changes that the next refresh would apply). create_stream_table creates the
+-- buffer table and the capture trigger functions there as the calling role, so that role needs USAGE and
+-- CREATE on this schema (granted by whoever installs the engine), exactly as with pg_trickle 0.67.
+CREATE SCHEMA pgtrickle_changes;
+REVOKE ALL ON SCHEMA pgtrickle_changes FROM PUBLIC;
+
+-- Which sources have a change buffer, and which stream tables read it (src/lib.rs, pgt_change_tracking).
+CREATE TABLE pgtrickle.pgt_change_tracking (
+    source_relid        oid PRIMARY KEY,
+    slot_name           text NOT NULL,
+    last_consumed_lsn   pg_lsn,
+    tracked_by_pgt_ids  bigint[],
+    source_stable_name  text,
+    source_placement    text NOT NULL DEFAULT 'local',
+    frontier_per_node   jsonb
+);
+
 -- ---------------------------------------------------------------------------------------------------
 -- Emulator-private state (not part of pg_trickle)
 -- ---------------------------------------------------------------------------------------------------
@@ -378,6 +396,7 @@ LANGUAGE plpgsql AS $$
 DECLARE
     target text;
 BEGIN
+    PERFORM pgtrickle.emulator_sync_buffer(p_relid);
     IF EXISTS (SELECT 1 FROM pgtrickle.pgt_dependencies WHERE source_relid = p_relid) THEN
         RETURN;
     END IF;
@@ -394,6 +413,307 @@ BEGIN
     DELETE FROM pgtrickle.emulator_source_changes WHERE source_relid = p_relid;
 END $$;
 
+-- ---------------------------------------------------------------------------------------------------
+-- Change buffers (pg_trickle's pgtrickle_changes.changes_<stable name>, trigger-based CDC)
+-- ---------------------------------------------------------------------------------------------------
+-- Stable names: lower_hex(xxh64('schema.table', seed 0x517cc1b727220a95)), as pg_trickle names buffers,
+-- capture triggers and their functions (src/citus.rs, stable_hash and source_stable_name). XXH64 over
+-- numeric (unsigned 64-bit values) and bit(64) (xor, shifts).
+CREATE FUNCTION pgtrickle.emulator_u64_bits(x numeric) RETURNS bit(64)
+LANGUAGE sql IMMUTABLE STRICT AS $$
+    SELECT (CASE WHEN x >= 9223372036854775808 THEN x - 18446744073709551616 ELSE x END)::bigint::bit(64)
+$$;
+
+CREATE FUNCTION pgtrickle.emulator_bits_u64(b bit(64)) RETURNS numeric
+LANGUAGE sql IMMUTABLE STRICT AS $$
+    SELECT CASE WHEN b::bigint < 0 THEN b::bigint + 18446744073709551616 ELSE b::bigint::numeric END
+$$;
+
+CREATE FUNCTION pgtrickle.emulator_xxh64(p_data bytea, p_seed numeric) RETURNS numeric
+LANGUAGE plpgsql IMMUTABLE STRICT AS $$
+DECLARE
+    m constant numeric := 18446744073709551616;
+    p1 constant numeric := 11400714785074694791;
+    p2 constant numeric := 14029467366897019727;
+    p3 constant numeric := 1609587929392839161;
+    p4 constant numeric := 9650029242287828579;
+    p5 constant numeric := 2870177450012600261;
+    len constant integer := length(p_data);
+    pos integer := 0;
+    v numeric[];
+    h numeric;
+    lane numeric;
+    k integer;
+    j integer;
+BEGIN
+    IF len >= 32 THEN
+        v := ARRAY[mod(p_seed + p1 + p2, m), mod(p_seed + p2, m), p_seed, mod(p_seed - p1 + m, m)];
+        WHILE pos <= len - 32 LOOP
+            FOR j IN 1 .. 4 LOOP
+                lane := 0;
+                FOR k IN REVERSE 7 .. 0 LOOP
+                    lane := lane * 256 + get_byte(p_data, pos + k);
+                END LOOP;
+                v[j] := pgtrickle.emulator_xxh64_round(v[j], lane);
+                pos := pos + 8;
+            END LOOP;
+        END LOOP;
+        h := mod(pgtrickle.emulator_rotl64(v[1], 1) + pgtrickle.emulator_rotl64(v[2], 7)
+                 + pgtrickle.emulator_rotl64(v[3], 12) + pgtrickle.emulator_rotl64(v[4], 18), m);
+        FOR j IN 1 .. 4 LOOP
+            h := pgtrickle.emulator_bits_u64(pgtrickle.emulator_u64_bits(h)
+                    # pgtrickle.emulator_u64_bits(pgtrickle.emulator_xxh64_round(0, v[j])));
+            h := mod(h * p1 + p4, m);
+        END LOOP;
+    ELSE
+        h := mod(p_seed + p5, m);
+    END IF;
+    h := mod(h + len, m);
+    WHILE pos + 8 <= len LOOP
+        lane := 0;
+        FOR k IN REVERSE 7 .. 0 LOOP
+            lane := lane * 256 + get_byte(p_data, pos + k);
+        END LOOP;
+        h := pgtrickle.emulator_bits_u64(pgtrickle.emulator_u64_bits(h)
+                # pgtrickle.emulator_u64_bits(pgtrickle.emulator_xxh64_round(0, lane)));
+        h := mod(pgtrickle.emulator_rotl64(h, 27) * p1 + p4, m);
+        pos := pos + 8;
+    END LOOP;
+    IF pos + 4 <= len THEN
+        lane := 0;
+        FOR k IN REVERSE 3 .. 0 LOOP
+            lane := lane * 256 + get_byte(p_data, pos + k);
+        END LOOP;
+        h := pgtrickle.emulator_bits_u64(pgtrickle.emulator_u64_bits(h) # pgtrickle.emulator_u64_bits(mod(lane * p1, m)));
+        h := mod(pgtrickle.emulator_rotl64(h, 23) * p2 + p3, m);
+        pos := pos + 4;
+    END IF;
+    WHILE pos < len LOOP
+        h := pgtrickle.emulator_bits_u64(pgtrickle.emulator_u64_bits(h)
+                # pgtrickle.emulator_u64_bits(mod(get_byte(p_data, pos) * p5, m)));
+        h := mod(pgtrickle.emulator_rotl64(h, 11) * p1, m);
+        pos := pos + 1;
+    END LOOP;
+    h := pgtrickle.emulator_bits_u64(pgtrickle.emulator_u64_bits(h) # (pgtrickle.emulator_u64_bits(h) >> 33));
+    h := mod(h * p2, m);
+    h := pgtrickle.emulator_bits_u64(pgtrickle.emulator_u64_bits(h) # (pgtrickle.emulator_u64_bits(h) >> 29));
+    h := mod(h * p3, m);
+    h := pgtrickle.emulator_bits_u64(pgtrickle.emulator_u64_bits(h) # (pgtrickle.emulator_u64_bits(h) >> 32));
+    RETURN h;
+END $$;
+
+CREATE FUNCTION pgtrickle.emulator_rotl64(x numeric, r integer) RETURNS numeric
+LANGUAGE sql IMMUTABLE STRICT AS $$
+    SELECT pgtrickle.emulator_bits_u64((b << r) | (b >> (64 - r))) FROM (SELECT pgtrickle.emulator_u64_bits(x) AS b) s
+$$;
+
+CREATE FUNCTION pgtrickle.emulator_xxh64_round(acc numeric, lane numeric) RETURNS numeric
+LANGUAGE sql IMMUTABLE STRICT AS $$
+    SELECT mod(pgtrickle.emulator_rotl64(mod(acc + lane * 14029467366897019727, 18446744073709551616), 31)
+               * 11400714785074694791, 18446744073709551616)
+$$;
+
+-- pg_trickle's SQL-callable stable name of a source (src/citus.rs, sql_stable_name_for_oid): NULL when the
+-- relation does not exist.
+CREATE FUNCTION pgtrickle.source_stable_name(source_oid oid) RETURNS text
+LANGUAGE sql STABLE STRICT AS $$
+    SELECT lpad(to_hex(pgtrickle.emulator_u64_bits(
+               pgtrickle.emulator_xxh64(convert_to(n.nspname || '.' || c.relname, 'UTF8'), 5871781006564002453)
+           )::bigint), 16, '0')
+      FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+     WHERE c.oid = source_oid
+$$;
+
+-- A source column's name in the buffer: pg_trickle prefixes the buffer's own column names (src/cdc/triggers.rs,
+-- cb_col_name).
+CREATE FUNCTION pgtrickle.emulator_cb_col_name(p_name text) RETURNS text
+LANGUAGE sql IMMUTABLE STRICT AS $$
+    SELECT CASE WHEN p_name IN ('change_id', 'lsn', 'action', 'pk_hash', 'changed_cols') THEN '__usr_' || p_name
+                ELSE p_name END
+$$;
+
+-- The INSERT a capture trigger runs: rows of transition table p_transition into the buffer as p_action
+-- rows, the source's current columns matched by name with the buffer's (built when the trigger fires, so a
+-- renamed, added or dropped source column never breaks the source's writers; a column the buffer lacks is
+-- not captured). pk_hash hashes the primary key's values, or the whole row of a keyless source.
+CREATE FUNCTION pgtrickle.emulator_capture_sql(p_relid oid, p_buffer regclass, p_action text, p_transition text)
+RETURNS text
+LANGUAGE sql STABLE AS $$
+    SELECT format('INSERT INTO %s (lsn, action, pk_hash%s) SELECT pg_current_wal_insert_lsn(), %L, %s%s FROM %I t',
+                  p_buffer, coalesce(cols.names, ''), p_action,
+                  coalesce(keys.expr, 'hashtextextended(t::text, 0)'), coalesce(cols.vals, ''), p_transition)
+      FROM (SELECT string_agg(format(', %I', b.attname), '' ORDER BY a.attnum) AS names,
+                   string_agg(format(', t.%I', a.attname), '' ORDER BY a.attnum) AS vals
+              FROM pg_catalog.pg_attribute a
+              JOIN pg_catalog.pg_attribute b
+                ON b.attrelid = p_buffer AND b.attname = pgtrickle.emulator_cb_col_name(a.attname) AND NOT b.attisdropped
+             WHERE a.attrelid = p_relid AND a.attnum > 0 AND NOT a.attisdropped) cols,
+           (SELECT 'hashtextextended(ROW(' || string_agg(format('t.%I', a.attname), ', ' ORDER BY k.ord) || ')::text, 0)' AS expr
+              FROM pg_catalog.pg_constraint con
+              CROSS JOIN LATERAL unnest(con.conkey) WITH ORDINALITY k(attnum, ord)
+              JOIN pg_catalog.pg_attribute a ON a.attrelid = con.conrelid AND a.attnum = k.attnum
+             WHERE con.conrelid = p_relid AND con.contype = 'p') keys
+$$;
+
+-- Creates the change buffer of a plain source table and its capture triggers, as the calling role, the way
+-- pg_trickle does on its first stream table over that source (src/api/helpers.rs, setup_cdc_for_source;
+-- src/cdc/mod.rs, create_change_buffer_table and create_change_trigger): the buffer table
+-- pgtrickle_changes.changes_<stable name>, statement-level triggers pg_trickle_cdc_{ins,upd,del,truncate}_<stable
+-- name> (pg_trickle.cdc_trigger_mode's default, 'statement') whose functions live in pgtrickle_changes,
+-- SECURITY DEFINER with a fixed search_path, so a writer of the source needs no right on the buffer. Without
+-- CREATE on pgtrickle_changes the caller is refused (42501) here, as pg_trickle refuses it. A source already
+-- tracked only gets the stream table added to tracked_by_pgt_ids.
+CREATE FUNCTION pgtrickle.emulator_attach_buffer(p_relid oid, p_pgt_id bigint) RETURNS void
+LANGUAGE plpgsql AS $$
+DECLARE
+    stable text;
+    buffer text;
+    source text;
+    col_defs text;
+    bump text;
+    event record;
+BEGIN
+    IF EXISTS (SELECT 1 FROM pgtrickle.pgt_change_tracking WHERE source_relid = p_relid) THEN
+        UPDATE pgtrickle.pgt_change_tracking
+           SET tracked_by_pgt_ids = array_append(tracked_by_pgt_ids, p_pgt_id)
+         WHERE source_relid = p_relid AND NOT (p_pgt_id = ANY (coalesce(tracked_by_pgt_ids, '{}')));
+        RETURN;
+    END IF;
+    stable := pgtrickle.source_stable_name(p_relid);
+    buffer := format('pgtrickle_changes.%I', 'changes_' || stable);
+    SELECT format('%I.%I', n.nspname, c.relname) INTO source
+      FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace WHERE c.oid = p_relid;
+    SELECT string_agg(format(', %I %s', pgtrickle.emulator_cb_col_name(a.attname), format_type(a.atttypid, a.atttypmod)),
+                      '' ORDER BY a.attnum)
+      INTO col_defs
+      FROM pg_catalog.pg_attribute a
+     WHERE a.attrelid = p_relid AND a.attnum > 0 AND NOT a.attisdropped;
+    EXECUTE format('CREATE TABLE %s (change_id bigserial, lsn pg_lsn NOT NULL, action char(1) NOT NULL, '
+                   'pk_hash bigint, changed_cols varbit%s, __pgt_trace_context text)', buffer, coalesce(col_defs, ''));
+    EXECUTE format('ALTER TABLE %s DISABLE ROW LEVEL SECURITY', buffer);
+    EXECUTE format('CREATE INDEX %I ON %s (lsn, pk_hash, change_id) INCLUDE (action)',
+                   'idx_changes_' || stable || '_lsn_pk_cid', buffer);
+    -- The emulator's change sequence (what the scheduler compares with a stream table's frontier) is bumped
+    -- first: its row lock orders concurrent writers, so change_ids are handed out in commit order.
+    bump := format($b$
+            INSERT INTO pgtrickle.emulator_source_changes AS c (source_relid, change_seq, changed_rows)
+            VALUES (%s, 1, %%s)
+            ON CONFLICT (source_relid) DO UPDATE
+               SET change_seq = c.change_seq + 1, changed_rows = c.changed_rows + EXCLUDED.changed_rows;$b$, p_relid);
+    -- INSERT: I rows; UPDATE: a D row (old values) and an I row (new values), pg_trickle's D+I schema; DELETE: D rows.
+    FOR event IN SELECT * FROM (VALUES
+            ('ins', 'INSERT', 'REFERENCING NEW TABLE AS __pgt_new', '__pgt_new',
+             format('EXECUTE pgtrickle.emulator_capture_sql(TG_RELID, %L, ''I'', ''__pgt_new'');', buffer)),
+            ('upd', 'UPDATE', 'REFERENCING NEW TABLE AS __pgt_new OLD TABLE AS __pgt_old', '__pgt_new',
+             format('EXECUTE pgtrickle.emulator_capture_sql(TG_RELID, %L, ''D'', ''__pgt_old'');', buffer)
+             || format(' EXECUTE pgtrickle.emulator_capture_sql(TG_RELID, %L, ''I'', ''__pgt_new'');', buffer)),
+            ('del', 'DELETE', 'REFERENCING OLD TABLE AS __pgt_old', '__pgt_old',
+             format('EXECUTE pgtrickle.emulator_capture_sql(TG_RELID, %L, ''D'', ''__pgt_old'');', buffer)))
+            AS e(tag, verb, referencing, counted, capture)
+    LOOP
+        EXECUTE format($f$
+            CREATE FUNCTION pgtrickle_changes.%1$I() RETURNS trigger LANGUAGE plpgsql
+            SECURITY DEFINER SET search_path = pgtrickle_changes, pgtrickle, pg_catalog, pg_temp AS $body$
+            DECLARE pgt_cnt bigint;
+            BEGIN
+                SELECT count(*) INTO pgt_cnt FROM %2$I;
+                IF pgt_cnt > 0 THEN
+                    %3$s
+                    %4$s
+                END IF;
+                RETURN NULL;
+            END $body$ $f$, 'pg_trickle_cdc_' || event.tag || '_fn_' || stable, event.counted,
+            format(bump, 'pgt_cnt'), event.capture);
+        EXECUTE format('CREATE TRIGGER %I AFTER %s ON %s %s FOR EACH STATEMENT EXECUTE FUNCTION pgtrickle_changes.%I()',
+                       'pg_trickle_cdc_' || event.tag || '_' || stable, event.verb, source, event.referencing,
+                       'pg_trickle_cdc_' || event.tag || '_fn_' || stable);
+    END LOOP;
+    EXECUTE format($f$
+        CREATE FUNCTION pgtrickle_changes.%1$I() RETURNS trigger LANGUAGE plpgsql
+        SECURITY DEFINER SET search_path = pgtrickle_changes, pgtrickle, pg_catalog, pg_temp AS $body$
+        BEGIN
+            %2$s
+            INSERT INTO %3$s (lsn, action) VALUES (pg_current_wal_lsn(), 'T');
+            RETURN NULL;
+        END $body$ $f$, 'pg_trickle_cdc_truncate_fn_' || stable, format(bump, '0'), buffer);
+    EXECUTE format('CREATE TRIGGER %I AFTER TRUNCATE ON %s FOR EACH STATEMENT EXECUTE FUNCTION pgtrickle_changes.%I()',
+                   'pg_trickle_cdc_truncate_' || stable, source, 'pg_trickle_cdc_truncate_fn_' || stable);
+    INSERT INTO pgtrickle.pgt_change_tracking (source_relid, slot_name, source_stable_name, tracked_by_pgt_ids)
+    VALUES (p_relid, 'pg_trickle_cdc_ins_' || stable, stable, ARRAY[p_pgt_id]);
+    INSERT INTO pgtrickle.emulator_source_changes (source_relid) VALUES (p_relid) ON CONFLICT DO NOTHING;
+END $$;
+
+-- Keeps tracked_by_pgt_ids equal to the stream tables reading the source; when none is left, drops the
+-- capture triggers, their functions and the buffer (src/cdc/mod.rs, drop_change_trigger), as the caller.
+CREATE FUNCTION pgtrickle.emulator_sync_buffer(p_relid oid) RETURNS void
+LANGUAGE plpgsql AS $$
+DECLARE
+    t pgtrickle.pgt_change_tracking;
+    source text;
+    readers bigint[] := ARRAY(SELECT d.pgt_id FROM pgtrickle.pgt_dependencies d WHERE d.source_relid = p_relid
+                               ORDER BY d.pgt_id);
+    event text;
+BEGIN
+    SELECT * INTO t FROM pgtrickle.pgt_change_tracking WHERE source_relid = p_relid;
+    IF NOT FOUND THEN
+        RETURN;
+    END IF;
+    IF cardinality(readers) > 0 THEN
+        UPDATE pgtrickle.pgt_change_tracking SET tracked_by_pgt_ids = readers WHERE source_relid = p_relid;
+        RETURN;
+    END IF;
+    SELECT format('%I.%I', n.nspname, c.relname) INTO source
+      FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace WHERE c.oid = p_relid;
+    FOREACH event IN ARRAY ARRAY['ins', 'upd', 'del', 'truncate'] LOOP
+        IF source IS NOT NULL THEN
+            EXECUTE format('DROP TRIGGER IF EXISTS %I ON %s', 'pg_trickle_cdc_' || event || '_' || t.source_stable_name, source);
+        END IF;
+        EXECUTE format('DROP FUNCTION IF EXISTS pgtrickle_changes.%I()', 'pg_trickle_cdc_' || event || '_fn_' || t.source_stable_name);
+    END LOOP;
+    EXECUTE format('DROP TABLE IF EXISTS pgtrickle_changes.%I', 'changes_' || t.source_stable_name);
+    DELETE FROM pgtrickle.pgt_change_tracking WHERE source_relid = p_relid;
+END $$;
+
+-- The newest change_id of a source's buffer visible to the current statement (read as the caller, as a
+-- refresh reads the buffers); NULL without a buffer.
+CREATE FUNCTION pgtrickle.emulator_buffer_watermark(p_relid oid) RETURNS bigint
+LANGUAGE plpgsql STABLE AS $$
+DECLARE
+    stable text;
+    result bigint;
+BEGIN
+    SELECT source_stable_name INTO stable FROM pgtrickle.pgt_change_tracking WHERE source_relid = p_relid;
+    IF stable IS NULL THEN
+        RETURN NULL;
+    END IF;
+    EXECUTE format('SELECT coalesce(max(change_id), 0) FROM pgtrickle_changes.%I', 'changes_' || stable) INTO result;
+    RETURN result;
+END $$;
+
+-- After a refresh: deletes the buffer rows every reader of the source has consumed (up to the lowest
+-- change_id in their frontiers), as pg_trickle deletes consumed changes (src/cdc/mod.rs,
+-- delete_consumed_changes). A reader that never refreshed keeps every row.
+CREATE FUNCTION pgtrickle.emulator_consume_buffers(p_pgt_id bigint) RETURNS void
+LANGUAGE plpgsql AS $$
+DECLARE
+    src record;
+BEGIN
+    FOR src IN
+        SELECT t.source_relid, t.source_stable_name,
+               (SELECT min(coalesce((st.frontier -> d2.source_relid::text ->> 'change_id')::bigint, 0))
+                  FROM pgtrickle.pgt_dependencies d2 JOIN pgtrickle.pgt_stream_tables st ON st.pgt_id = d2.pgt_id
+                 WHERE d2.source_relid = t.source_relid) AS consumed
+          FROM pgtrickle.pgt_dependencies d
+          JOIN pgtrickle.pgt_change_tracking t ON t.source_relid = d.source_relid
+         WHERE d.pgt_id = p_pgt_id
+    LOOP
+        IF src.consumed > 0 THEN
+            EXECUTE format('DELETE FROM pgtrickle_changes.%I WHERE change_id <= $1', 'changes_' || src.source_stable_name)
+              USING src.consumed;
+        END IF;
+    END LOOP;
+END $$;
+
 -- The stream table's own columns (everything but __pgt_row_id), quoted, in order.
 CREATE FUNCTION pgtrickle.emulator_columns(p_relid oid) RETURNS text[]
 LANGUAGE sql STABLE AS $$
@@ -407,7 +727,9 @@ CREATE FUNCTION pgtrickle.emulator_current_frontier(p_pgt_id bigint) RETURNS jso
 LANGUAGE sql STABLE AS $$
     SELECT coalesce(jsonb_object_agg(d.source_relid::text,
                         jsonb_build_object('change_seq', coalesce(c.change_seq, 0),
-                                           'changed_rows', coalesce(c.changed_rows, 0))), '{}'::jsonb)
+                                           'changed_rows', coalesce(c.changed_rows, 0),
+                                           'change_id', pgtrickle.emulator_buffer_watermark(d.source_relid))),
+                    '{}'::jsonb)
       FROM pgtrickle.pgt_dependencies d
       LEFT JOIN pgtrickle.emulator_source_changes c ON c.source_relid = d.source_relid
      WHERE d.pgt_id = p_pgt_id
@@ -553,6 +875,7 @@ BEGIN
            last_full_ms = elapsed_ms, effective_refresh_mode = 'FULL',
            status = CASE WHEN status = 'INITIALIZING' THEN 'ACTIVE' ELSE status END, updated_at = finished
      WHERE pgt_id = h.pgt_id;
+    PERFORM pgtrickle.emulator_consume_buffers(h.pgt_id);
     UPDATE pgtrickle.emulator_stats
        SET row_count = row_count + ins - del, total_completed = total_completed + 1, full_count = full_count + 1,
            rows_inserted = rows_inserted + ins, rows_deleted = rows_deleted + del,
@@ -743,8 +1066,10 @@ BEGIN
                      WHEN src.relkind = 'f' THEN 'FOREIGN_TABLE'
                      ELSE 'TABLE' END,
                 src.columns_used, src.source_relid::regclass::text);
-        IF src.relkind IN ('r', 'p') THEN
+        IF EXISTS (SELECT 1 FROM pgtrickle.pgt_stream_tables s WHERE s.pgt_relid = src.source_relid) THEN
             PERFORM pgtrickle.emulator_attach_capture(src.source_relid);
+        ELSIF src.relkind IN ('r', 'p') THEN
+            PERFORM pgtrickle.emulator_attach_buffer(src.source_relid, p_pgt_id);  -- a change buffer, as the caller
         END IF;
     END LOOP;
     PERFORM pgtrickle.emulator_detach_capture_if_unused(relid) FROM unnest(previous_sources) relid;
@@ -1067,17 +1392,22 @@ CREATE FUNCTION pgtrickle.change_buffer_sizes()
 RETURNS TABLE (stream_table text, source_table text, source_oid bigint, cdc_mode text, pending_rows bigint,
                buffer_bytes bigint)
 LANGUAGE sql STABLE AS $$
-    -- No change buffer exists in the emulator: pending_rows are rows captured on the source since the
-    -- stream table last consumed it (a TRUNCATE counts no rows); buffer_bytes is not measurable (NULL).
-    SELECT st.pgt_schema || '.' || st.pgt_name, d.source_relid::regclass::text, d.source_relid::bigint,
-           d.cdc_mode,
-           greatest(coalesce(c.changed_rows, 0)
-                    - coalesce((st.frontier -> d.source_relid::text ->> 'changed_rows')::bigint, 0), 0),
-           NULL::bigint
+    -- pg_trickle's query (src/monitor/mod.rs, change_buffer_sizes): catalog and statistics only, so any role
+    -- may call it without rights on pgtrickle_changes. pending_rows is the buffer's n_live_tup (statistics:
+    -- it follows the buffer once the writing session has reported them), buffer_bytes its total relation
+    -- size; a source without a buffer of its own (a stream table) shows 0 and 0.
+    SELECT st.pgt_schema || '.' || st.pgt_name, n.nspname::text || '.' || c.relname::text, d.source_relid::bigint,
+           d.cdc_mode, coalesce(s.n_live_tup, 0)::bigint, coalesce(pg_total_relation_size(cb.oid), 0)::bigint
       FROM pgtrickle.pgt_dependencies d
       JOIN pgtrickle.pgt_stream_tables st ON st.pgt_id = d.pgt_id
-      LEFT JOIN pgtrickle.emulator_source_changes c ON c.source_relid = d.source_relid
-     ORDER BY st.pgt_schema, st.pgt_name, d.source_relid::regclass::text
+      JOIN pg_catalog.pg_class c ON c.oid = d.source_relid
+      JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+      LEFT JOIN pgtrickle.pgt_change_tracking ct ON ct.source_relid = d.source_relid
+      LEFT JOIN pg_catalog.pg_class cb
+             ON cb.relname = 'changes_' || ct.source_stable_name
+            AND cb.relnamespace = 'pgtrickle_changes'::regnamespace
+      LEFT JOIN pg_catalog.pg_stat_user_tables s ON s.relid = cb.oid
+     ORDER BY 1, 2
 $$;
 
 CREATE FUNCTION pgtrickle.health_check() RETURNS TABLE (check_name text, severity text, detail text)
@@ -1224,6 +1554,29 @@ LANGUAGE sql IMMUTABLE AS $$
                 WHEN p_ratio < 0.50 THEN -0.7 ELSE -1.0 END
 $$;
 
+-- Pending changes of a stream table's plain sources: the rows of their change buffers, counted as the
+-- caller as pg_trickle's advisor counts them (src/diagnostics.rs, gather_change_ratio: SELECT count(*) FROM
+-- each TABLE/FOREIGN_TABLE source's buffer). A caller without rights on pgtrickle_changes gets 42501.
+CREATE FUNCTION pgtrickle.emulator_pending_changes(p_pgt_id bigint) RETURNS bigint
+LANGUAGE plpgsql STABLE AS $$
+DECLARE
+    buffer text;
+    n bigint;
+    total bigint := 0;
+BEGIN
+    FOR buffer IN
+        SELECT 'changes_' || t.source_stable_name
+          FROM pgtrickle.pgt_dependencies d
+          JOIN pgtrickle.pgt_change_tracking t ON t.source_relid = d.source_relid
+         WHERE d.pgt_id = p_pgt_id AND d.source_type IN ('TABLE', 'FOREIGN_TABLE')
+         ORDER BY 1
+    LOOP
+        EXECUTE format('SELECT count(*) FROM pgtrickle_changes.%I', buffer) INTO n;
+        total := total + n;
+    END LOOP;
+    RETURN total;
+END $$;
+
 CREATE FUNCTION pgtrickle.recommend_refresh_mode(st_name text DEFAULT NULL)
 RETURNS TABLE (pgt_schema text, pgt_name text, current_mode text, effective_mode text, recommended_mode text,
                confidence text, reason text, signals jsonb)
@@ -1255,8 +1608,7 @@ BEGIN
                                                FROM pgtrickle.emulator_split_name(recommend_refresh_mode.st_name) n)
          ORDER BY s.pgt_schema, s.pgt_name
     LOOP
-        SELECT coalesce(sum(c.pending_rows), 0) INTO pending
-          FROM pgtrickle.change_buffer_sizes() c WHERE c.stream_table = st.pgt_schema || '.' || st.pgt_name;
+        pending := pgtrickle.emulator_pending_changes(st.pgt_id);
         SELECT sum(greatest(c.reltuples, 0)) INTO source_rows
           FROM pgtrickle.pgt_dependencies d JOIN pg_catalog.pg_class c ON c.oid = d.source_relid
          WHERE d.pgt_id = st.pgt_id AND c.reltuples >= 0;
@@ -1405,3 +1757,47 @@ BEGIN
             0);
     END LOOP;
 END $$;
+
+-- ---------------------------------------------------------------------------------------------------------
+-- The engine's capacity surface (src/monitor/alert.rs collect_slot_health_rows, src/monitor/health.rs
+-- worker_pool_status and parallel_job_status at v0.67.0). The emulator captures changes with triggers and
+-- refreshes in one scheduler session, never in dynamic workers, so each function answers what pg_trickle
+-- answers in the same configuration: trigger-mode sources retain no WAL, and with parallel refresh off no
+-- worker is busy and no job is queued.
+-- ---------------------------------------------------------------------------------------------------------
+
+CREATE FUNCTION pgtrickle.slot_health()
+RETURNS TABLE (slot_name text, source_relid bigint, active boolean, retained_wal_bytes bigint, wal_status text)
+LANGUAGE sql STABLE SET search_path = pg_catalog AS $$
+    -- One row per source with a change buffer (pgt_change_tracking, as collect_slot_health_rows reads it); in
+    -- trigger mode slot_name is the capture trigger's name, 0 bytes of WAL retained.
+    SELECT ct.slot_name, ct.source_relid::bigint, true, 0::bigint, 'trigger'
+      FROM pgtrickle.pgt_change_tracking ct
+     ORDER BY ct.source_relid
+$$;
+
+CREATE FUNCTION pgtrickle.worker_pool_status()
+RETURNS TABLE (active_workers integer, max_workers integer, per_db_cap integer, parallel_mode text,
+               idle_workers integer, last_scheduler_tick_unix bigint, ring_overflow_count bigint,
+               citus_failure_total bigint)
+LANGUAGE sql STABLE SET search_path = pg_catalog AS $$
+    -- max_workers and per_db_cap are the GUCs (defaults 4 and 4, src/config.rs); the emulator never starts a
+    -- dynamic worker, so active is 0. It keeps no tick clock in shared memory: the last tick is unknown (NULL).
+    SELECT 0,
+           coalesce(nullif(current_setting('pg_trickle.max_dynamic_refresh_workers', true), '')::integer, 4),
+           coalesce(nullif(current_setting('pg_trickle.max_concurrent_refreshes', true), '')::integer, 4),
+           'off',
+           coalesce(nullif(current_setting('pg_trickle.max_dynamic_refresh_workers', true), '')::integer, 4),
+           NULL::bigint, 0::bigint, 0::bigint
+$$;
+
+CREATE FUNCTION pgtrickle.parallel_job_status(max_age_seconds integer DEFAULT 300)
+RETURNS TABLE (job_id bigint, unit_key text, unit_kind text, status text, member_count integer,
+               attempt_no integer, scheduler_pid integer, worker_pid integer, enqueued_at timestamptz,
+               started_at timestamptz, finished_at timestamptz, duration_ms double precision)
+LANGUAGE sql STABLE SET search_path = pg_catalog AS $$
+    -- pgt_scheduler_jobs stays empty when refreshes are not dispatched to workers.
+    SELECT NULL::bigint, NULL::text, NULL::text, NULL::text, NULL::integer, NULL::integer, NULL::integer,
+           NULL::integer, NULL::timestamptz, NULL::timestamptz, NULL::timestamptz, NULL::double precision
+     WHERE false
+$$;

@@ -11,6 +11,7 @@ import time
 
 import psycopg
 import pytest
+import xxhash
 from psycopg import sql
 
 from services.common import pgtrickle
@@ -570,11 +571,12 @@ def test_advisor_uses_only_measured_signals_with_the_reference_weights(db):
     db.execute("INSERT INTO t SELECT i, i FROM generate_series(1, 200) i")
     db.execute("ANALYZE t")
     db.execute("SELECT pgtrickle.create_stream_table('s', 'SELECT id, v FROM t', '1s', 'DIFFERENTIAL')")
-    db.execute("UPDATE t SET v = 0 WHERE id <= 2")  # pending: 2 of 200 source rows
+    db.execute("UPDATE t SET v = 0 WHERE id <= 2")  # pending: a D and an I row per updated row, 4 buffer rows
     [rec] = pgtrickle.recommend_refresh_mode(db, "s")
     signals = {s["name"]: s for s in rec.signals["signals"]}
     assert set(signals) == {"change_ratio_current", "change_ratio_avg", "target_size"}
-    assert rec.signals["change_ratio_current"] == pytest.approx(2 / 200)
+    # src/diagnostics.rs, gather_change_ratio: count(*) of the source's change buffer over its reltuples
+    assert rec.signals["change_ratio_current"] == pytest.approx(4 / 200)
     assert signals["change_ratio_current"] == {"name": "change_ratio_current", "score": 1.0, "weight": 0.25}
     assert signals["change_ratio_avg"]["weight"] == 0.10  # fewer than 10 history rows
     assert signals["change_ratio_avg"]["score"] == -1.0  # the initial fill changed every row
@@ -587,14 +589,21 @@ def test_advisor_uses_only_measured_signals_with_the_reference_weights(db):
 
 
 def test_change_buffer_sizes_counts_rows_not_yet_consumed(db):
+    """src/monitor/mod.rs, change_buffer_sizes: pending_rows is the buffer's n_live_tup (statistics, so the
+    writing session reports them first), buffer_bytes its relation size, source_table schema-qualified."""
     db.execute("CREATE TABLE t (v int)")
     db.execute("SELECT pgtrickle.create_stream_table('s', 'SELECT count(*) AS n FROM t', '1s')")
     db.execute("INSERT INTO t SELECT generate_series(1, 7)")
-    db.execute("UPDATE t SET v = v WHERE v <= 2")
-    [(pending,)] = db.execute("SELECT pending_rows FROM pgtrickle.change_buffer_sizes()").fetchall()
-    assert pending == 9
+    db.execute("UPDATE t SET v = v WHERE v <= 2")  # D+I: two buffer rows per updated row
+    db.execute("SELECT pg_stat_force_next_flush()")
+    [row] = db.execute(
+        "SELECT source_table, pending_rows, buffer_bytes FROM pgtrickle.change_buffer_sizes()"
+    ).fetchall()
+    assert row[0] == "public.t" and row[1] == 7 + 2 * 2 and row[2] > 0
     db.execute("SELECT pgtrickle.refresh_stream_table('s')")
-    assert db.execute("SELECT pending_rows FROM pgtrickle.change_buffer_sizes()").fetchone()[0] == 0
+    db.execute("SELECT pg_stat_force_next_flush()")
+    pending, size = db.execute("SELECT pending_rows, buffer_bytes FROM pgtrickle.change_buffer_sizes()").fetchone()
+    assert pending == 0 and size > 0  # consumed; the (empty) buffer still has a size, never NULL
 
 
 def test_seed_generic_queries_run_unchanged(db):
@@ -645,3 +654,61 @@ def test_refresh_efficiency_reads_bounded_index_ranges_of_a_long_history(db):
         assert scan.get("Rows Removed by Filter", 0) == 0, scan.get("Filter")
         assert scan["Actual Rows"] <= 100, scan
     assert {row.full_count for row in pgtrickle.refresh_efficiency(db)} == {1}  # stats count the emulator's own
+
+
+def test_source_stable_name_is_pg_trickles_xxh64_for_every_name_length(db):
+    """src/citus.rs, stable_hash: lower_hex(xxh64("schema.table", 0x517cc1b727220a95)); the PL/pgSQL XXH64
+    takes different paths under 4, 8 and 32 bytes and over several 32-byte stripes, all covered here."""
+    for length in (1, 2, 3, 5, 9, 17, 24, 25, 31, 32, 40, 63):
+        table = ("t" + "x" * 62)[:length]
+        db.execute(sql.SQL("CREATE TABLE {} (v int)").format(sql.Identifier(table)))
+        (got,) = db.execute("SELECT pgtrickle.source_stable_name(%s::regclass)", (f'public."{table}"',)).fetchone()
+        want = format(xxhash.xxh64(f"public.{table}".encode(), seed=0x517CC1B727220A95).intdigest(), "016x")
+        assert got == want, (table, got, want)
+    db.execute('CREATE SCHEMA "Ünïcode schéma"')
+    db.execute('CREATE TABLE "Ünïcode schéma"."Tablé" (v int)')
+    (got,) = db.execute("""SELECT pgtrickle.source_stable_name('"Ünïcode schéma"."Tablé"'::regclass)""").fetchone()
+    assert got == format(xxhash.xxh64("Ünïcode schéma.Tablé".encode(), seed=0x517CC1B727220A95).intdigest(), "016x")
+    assert db.execute("SELECT pgtrickle.source_stable_name(0)").fetchone()[0] is None
+
+
+def test_a_buffer_shared_by_two_stream_tables_is_consumed_when_both_have_applied_it(db):
+    db.execute("CREATE TABLE t (id int PRIMARY KEY, v int)")
+    db.execute("SELECT pgtrickle.create_stream_table('a', 'SELECT id, v FROM t', '1m', 'FULL')")
+    db.execute("SELECT pgtrickle.create_stream_table('b', 'SELECT count(*) AS n FROM t', '1m', 'FULL')")
+    [(buffer, tracked)] = db.execute(
+        "SELECT 'changes_' || source_stable_name, tracked_by_pgt_ids FROM pgtrickle.pgt_change_tracking"
+    ).fetchall()
+    assert len(tracked) == 2
+    rows = sql.SQL("SELECT action, count(*) FROM {} GROUP BY 1 ORDER BY 1").format(
+        sql.Identifier("pgtrickle_changes", buffer)
+    )
+    db.execute("INSERT INTO t SELECT g, g FROM generate_series(1, 4) g")
+    db.execute("UPDATE t SET v = 0 WHERE id = 1")
+    db.execute("DELETE FROM t WHERE id = 2")
+    assert db.execute(rows).fetchall() == [("D", 2), ("I", 5)]  # 4 inserts, an update as D+I, a delete
+    db.execute("SELECT pgtrickle.refresh_stream_table('a')")
+    assert db.execute(rows).fetchall() == [("D", 2), ("I", 5)], "b has not applied them yet"
+    db.execute("SELECT pgtrickle.refresh_stream_table('b')")
+    assert db.execute(rows).fetchall() == []
+    db.execute("TRUNCATE t")
+    assert db.execute(rows).fetchall() == [("T", 1)]
+    # A rolled-back write leaves nothing behind.
+    with db.transaction(force_rollback=True):
+        db.execute("INSERT INTO t VALUES (9, 9)")
+    assert db.execute(rows).fetchall() == [("T", 1)]
+    db.execute("SELECT pgtrickle.drop_stream_table('a')")
+    assert db.execute("SELECT tracked_by_pgt_ids FROM pgtrickle.pgt_change_tracking").fetchone()[0] == [
+        db.execute("SELECT pgt_id FROM pgtrickle.pgt_stream_tables WHERE pgt_name = 'b'").fetchone()[0]
+    ]
+    db.execute("SELECT pgtrickle.drop_stream_table('b')")
+    assert db.execute("SELECT count(*) FROM pgtrickle.pgt_change_tracking").fetchone()[0] == 0
+    assert (
+        db.execute("SELECT count(*) FROM pg_class WHERE relnamespace = 'pgtrickle_changes'::regnamespace").fetchone()[0]
+        == 0
+    )
+    assert (
+        db.execute("SELECT count(*) FROM pg_proc WHERE pronamespace = 'pgtrickle_changes'::regnamespace").fetchone()[0]
+        == 0
+    )
+    assert db.execute("SELECT count(*) FROM pg_trigger WHERE tgrelid = 't'::regclass").fetchone()[0] == 0

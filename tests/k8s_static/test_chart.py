@@ -309,13 +309,6 @@ def test_servicemonitor_labels_and_notes_warn_about_the_release_label():
     assert monitors and all(m["metadata"]["labels"]["release"] == "kps" for m in monitors)
 
 
-def test_prometheusrule_embeds_the_shared_alerts_file():
-    objects = render_objects({"monitoring": {"prometheusRule": {"enabled": True}}})
-    (rule,) = [o for o in objects if o["kind"] == "PrometheusRule"]
-    shared = yaml.safe_load((CHART / "files" / "prometheus" / "alerts.yaml").read_text())
-    assert rule["spec"]["groups"] == shared["groups"]
-
-
 def test_grafana_dashboards_become_sidecar_configmaps(chart_with_dashboard):
     values = {"monitoring": {"grafanaDashboards": {"enabled": True, "label": "my_dash", "labelValue": "yes"}}}
     objects = render_objects(values, chart=chart_with_dashboard)

@@ -9,7 +9,6 @@ import re
 import pytest
 
 from tests.deploy_support import (
-    CHART,
     SERVICE_PORTS,
     chart_values,
     component,
@@ -95,10 +94,10 @@ def test_hardening(config):
 
 def test_monitoring_mounts_the_shared_files(config):
     prom = {v["target"]: v["source"] for v in config["services"]["prometheus"]["volumes"]}
-    assert prom["/etc/prometheus/rules/alerts.yaml"] == str(CHART / "files" / "prometheus" / "alerts.yaml")
+    assert prom["/etc/prometheus/rules/alerts.yaml"] == str(ROOT / "monitoring" / "prometheus" / "alerts.yaml")
     assert prom["/etc/prometheus/prometheus.yml"] == str(ROOT / "monitoring" / "prometheus" / "prometheus.yml")
     graf = {v["target"]: v["source"] for v in config["services"]["grafana"]["volumes"]}
-    assert graf["/var/lib/grafana/dashboards"] == str(CHART / "dashboards")
+    assert graf["/var/lib/grafana/dashboards"] == str(ROOT / "monitoring" / "dashboards")
     assert graf["/etc/grafana/provisioning"] == str(ROOT / "monitoring" / "grafana" / "provisioning")
     env = config["services"]["grafana"]["environment"]
     assert env["GF_AUTH_ANONYMOUS_ENABLED"] == "true" and env["GF_AUTH_ANONYMOUS_ORG_ROLE"] == "Viewer"

@@ -3,6 +3,7 @@ plus the PromQL expressions of the dashboards and alert rules."""
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import re
@@ -21,8 +22,16 @@ import yaml
 from devenv.postgres import free_port
 from tests.support import ROOT, require_tool
 
-ALERTS = ROOT / "helm/pg-trickle-demo/files/prometheus/alerts.yaml"
-DASHBOARDS = ROOT / "helm/pg-trickle-demo/dashboards"
+ALERTS = ROOT / "monitoring/prometheus/alerts.yaml"  # rendered from the monitoring package (monitoring/build.py)
+DASHBOARDS = ROOT / "monitoring/dashboards"
+
+
+def monitoring_build():
+    """monitoring/build.py as a module (the package is standalone: a script, not part of `services`)."""
+    spec = importlib.util.spec_from_file_location("monitoring_build", ROOT / "monitoring" / "build.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def http_get(url: str, timeout: float = 5) -> tuple[int, str]:

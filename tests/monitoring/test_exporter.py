@@ -22,9 +22,11 @@ from services.common import pgtrickle
 from services.exporter.analyses import AnalysesReader, next_wait
 from services.exporter.collector import (
     ACTIONS,
+    JOB_STATUSES,
     MODES,
     REFRESH_STATUSES,
     SEVERITIES,
+    STAGES,
     STATUSES,
     PgTrickleCollector,
     schedule_seconds,
@@ -36,13 +38,20 @@ from tests.monitoring.support import ExporterProcess, http_get, wait_for
 from tests.support import ROOT, TEST_PASSWORDS, require_tool
 
 ENUMERATIONS = {
-    "status": set(STATUSES) | set(REFRESH_STATUSES),
+    "status": set(STATUSES) | set(REFRESH_STATUSES) | set(JOB_STATUSES),
     "action": set(ACTIONS),
     "operation": {"inserted", "deleted"},
     "mode": set(MODES),
     "severity": set(SEVERITIES),
-    "stage": {"connect", "catalog", "history", "change_buffers", "health_check", "analyses"},
+    "stage": set(STAGES),
 }
+
+
+def scenario_tables(admin_url: str) -> set[str]:
+    """schema.table of every table of the scenario database's public schema."""
+    with psycopg.connect(admin_url) as conn:
+        rows = conn.execute("SELECT format('%I.%I', schemaname, tablename) FROM pg_tables WHERE schemaname = 'public'")
+        return {row[0] for row in rows}
 
 
 def samples(text: str) -> list:
@@ -120,6 +129,7 @@ def test_counters_equal_the_history_and_continue_across_restarts(demo_db):
     # Bounded cardinality: labels come from stream-table names and fixed enumerations only.
     names = {"product_sales", "customer_stats", "category_revenue", "country_revenue", "catalog_price_impact",
              "top_10_customers"}  # fmt: skip
+    tables = scenario_tables(db.admin_url)
     for s in samples(after):
         for label, value in s.labels.items():
             if label == "name":
@@ -128,6 +138,10 @@ def test_counters_equal_the_history_and_continue_across_restarts(demo_db):
                 assert value == "public", s
             elif label in ENUMERATIONS:
                 assert value in ENUMERATIONS[label], s
+            elif label == "source_table":  # a table of the scenario (one series per CDC source)
+                assert value in tables, s
+            elif label == "cdc_mode":
+                assert value in {"trigger", "wal", "transitioning", "other"}, s
             else:
                 assert label in {"le", "check", "version", "engine", "scenario"}, s
     promtool = require_tool("promtool", "Debian package prometheus")
@@ -501,3 +515,45 @@ def test_pruning_leaves_a_running_exporters_counters_alone(demo_db):
         assert sum(sum(t.refreshes.values()) for t in tracker.totals.values()) > sum(
             sum(c.values()) for c in before.values()
         )
+
+
+def test_engine_capacity_metrics_and_their_stage_failing_alone(demo_db):
+    """slot_health(), worker_pool_status() and parallel_job_status() become series, read as demo_reader; when one
+    of them cannot be read, that stage alone fails: pg_trickle_up stays 1 and every other family is served."""
+    db = demo_db("ecommerce")
+    refresh_round(db.admin_url)
+    with ExporterProcess(db.reader_url, env={"DEMO_SCENARIO": "ecommerce"}) as exporter:
+        exporter.wait_ready()
+        values = {(s.name, tuple(sorted(s.labels.items()))): s.value for s in samples(exporter.metrics_text())}
+        slots = {dict(labels)["source_table"]: value for (name, labels), value in values.items()
+                 if name == "pg_trickle_slot_retained_wal_bytes"}  # fmt: skip
+        assert slots and set(slots) <= scenario_tables(db.admin_url)
+        with psycopg.connect(db.admin_url) as conn:
+            engine = {
+                row[0]: row[1]
+                for row in conn.execute(
+                    """SELECT format('%I.%I', n.nspname, c.relname), h.retained_wal_bytes
+                         FROM pgtrickle.slot_health() h JOIN pg_class c ON c.oid = h.source_relid::oid
+                         JOIN pg_namespace n ON n.oid = c.relnamespace"""
+                )
+            }
+            pool = conn.execute("SELECT active_workers, max_workers FROM pgtrickle.worker_pool_status()").fetchone()
+        assert slots == engine
+        assert values[("pg_trickle_worker_pool_active_workers", ())] == pool[0]
+        assert values[("pg_trickle_worker_pool_max_workers", ())] == pool[1]
+        for status in JOB_STATUSES:
+            assert ("pg_trickle_refresh_jobs", (("status", status),)) in values
+
+        with psycopg.connect(db.admin_url, autocommit=True) as conn:
+            conn.execute("REVOKE EXECUTE ON FUNCTION pgtrickle.worker_pool_status() FROM PUBLIC")
+        try:
+            text = exporter.metrics_text()
+        finally:
+            with psycopg.connect(db.admin_url, autocommit=True) as conn:
+                conn.execute("GRANT EXECUTE ON FUNCTION pgtrickle.worker_pool_status() TO PUBLIC")
+        after = {(s.name, tuple(sorted(s.labels.items()))): s.value for s in samples(text)}
+        assert after[("pg_trickle_up", ())] == 1
+        assert after[("pg_trickle_exporter_scrape_errors_total", (("stage", "engine_capacity"),))] >= 1
+        assert not any(name == "pg_trickle_worker_pool_active_workers" for name, _ in after)
+        assert any(name == "pg_trickle_change_buffer_pending_rows" for name, _ in after)
+        assert "permission denied" in exporter.log_text()

@@ -1,10 +1,11 @@
 """The proof: a real Prometheus scraping the exporter and the generator over the emulator answers every
 PromQL expression of every dashboard panel and every alert rule, the stale-table alert fires when the
-emulator's scheduler stops, and the missing-exporter alert when the exporter stops.
+emulator's scheduler stops, the change-backlog alerts fire while it is stopped and resolve once it runs
+again, and the missing-exporter alert fires when the exporter stops.
 
 Only `for:` durations are shortened in the rule file Prometheus loads (to 1 s, so the test takes seconds,
-not minutes); the expressions and thresholds are the shipped ones, and the test checks nothing else
-changed. promtool's unit tests (test_alert_rules.py) cover the shipped `for:` durations.
+not minutes), and the two backlog alerts get low thresholds; the expressions are the shipped ones, and the
+test checks nothing else changed. promtool's unit tests (test_alert_rules.py) cover the shipped `for:` durations.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from tests.monitoring.support import (
     as_bool,
     dashboards,
     metric_names,
+    monitoring_build,
     panel_targets,
     substitute,
     wait_for,
@@ -42,19 +44,33 @@ ONLY_THE_REAL_ENGINE = {
 VARIABLES = {"scenario": "ecommerce", "stream_table": ".*", "__rate_interval": "10s", "__interval": "2s"}
 
 
-def _test_rules(tmp_path):
-    """The shipped rules with every `for:` set to 1s; nothing else changes."""
-    shipped = ALERTS.read_text()
-    shortened = re.sub(r"^(\s+for:) \S+$", r"\1 1s", shipped, flags=re.M)
-    original, changed = yaml.safe_load(shipped), yaml.safe_load(shortened)
-    for group_a, group_b in zip(original["groups"], changed["groups"], strict=True):
+def _test_rules(tmp_path, **overrides):
+    """The shipped rules rendered by the monitoring package with every `for:` set to 1s (and the alerts in
+    `overrides` given those settings); nothing else changes."""
+    build = monitoring_build()
+    config = build.load_yaml(build.CONFIG)
+    alerts = {name: {"for": "1s", **overrides.get(name, {})} for name in config["alerts"]}
+    shortened = build.render(build.merge(config, {"alerts": alerts}))
+    original = yaml.safe_load(ALERTS.read_text())
+    for group_a, group_b in zip(original["groups"], shortened["groups"], strict=True):
         for rule_a, rule_b in zip(group_a["rules"], group_b["rules"], strict=True):
+            rule_a, rule_b = dict(rule_a), dict(rule_b)
             assert rule_b.pop("for") == "1s"
             rule_a.pop("for")
-            assert rule_a == rule_b
+            if rule_a["alert"] not in overrides:
+                rule_a["annotations"].pop("description"), rule_b["annotations"].pop("description")  # names `for`
+                assert rule_a == rule_b
     path = tmp_path / "alerts.yaml"
-    path.write_text(shortened)
+    path.write_text(yaml.safe_dump(shortened, sort_keys=False))
     return path
+
+
+# The change-backlog alerts with thresholds a test can reach in seconds (the shipped ones are 10,000 rows and
+# 300 s); their expressions are the shipped ones.
+BACKLOG_TEST_SETTINGS = {
+    "PgTrickleChangeBacklogGrowing": {"threshold": "100"},
+    "PgTrickleChangeBacklogStale": {"threshold": "5"},
+}
 
 
 def _no_data(prometheus: PrometheusServer, exprs: list[tuple[str, str]]) -> list[str]:
@@ -123,7 +139,7 @@ def test_every_dashboard_and_alert_expression_returns_data_and_the_stale_alert_f
             prometheus = PrometheusServer(
                 tmp_path,
                 {"exporter": f"127.0.0.1:{exp.port}", "generator": f"127.0.0.1:{gen.port}"},
-                [_test_rules(tmp_path)],
+                [_test_rules(tmp_path, **BACKLOG_TEST_SETTINGS)],
                 # as a Prometheus Operator's ServiceMonitor labels its targets
                 target_labels={"namespace": "demo", "pod": "exporter-0", "hostname": "node-1"},
             )
@@ -175,9 +191,36 @@ def test_every_dashboard_and_alert_expression_returns_data_and_the_stale_alert_f
             assert fired & one_second_tables, fired
             assert waited >= 13, f"fired after {waited:.1f}s, before the threshold could be crossed"
             assert all(a["labels"]["severity"] == "warning" for a in stale)
-            assert all(a["annotations"]["runbook_url"] == "docs/runbooks.md#pgtricklestreamtablestale" for a in stale)
+            runbook = monitoring_build().load_yaml(monitoring_build().CONFIG)["runbookBaseUrl"]
+            assert runbook.startswith("https://")
+            assert all(a["annotations"]["runbook_url"] == f"{runbook}#pgtricklestreamtablestale" for a in stale)
             wait_for(lambda: prometheus.firing("PgTrickleSchedulerDown"), 20, "PgTrickleSchedulerDown did not fire")
             assert prometheus.firing("PgTrickleDown") == []
+
+            # Meanwhile the generator keeps writing: captured changes wait in the buffers, unconsumed, so the
+            # backlog alerts fire for the tables over the generator's event tables ...
+            growing = wait_for(
+                lambda: prometheus.firing("PgTrickleChangeBacklogGrowing"),
+                30,
+                "PgTrickleChangeBacklogGrowing did not fire",
+            )
+            waiting = wait_for(
+                lambda: prometheus.firing("PgTrickleChangeBacklogStale"), 30, "PgTrickleChangeBacklogStale did not fire"
+            )
+            assert {a["labels"]["name"] for a in growing} & {"customer_stats", "product_sales"}, growing
+            assert {a["labels"]["name"] for a in waiting} & {"customer_stats", "product_sales"}, waiting
+            # ... and resolve once a scheduler consumes them again.
+            scheduler = EmulatorScheduler(db.admin_url, tick_interval_ms=200).start()
+            wait_for(
+                lambda: (
+                    not prometheus.firing("PgTrickleChangeBacklogStale")
+                    and not prometheus.firing("PgTrickleChangeBacklogGrowing")
+                ),
+                40,
+                f"the backlog alerts did not resolve:\n{exp.log_text()[-2000:]}",
+                interval=1,
+            )
+            scheduler.stop()
 
             # The exporter stops: its series go stale and PgTrickleExporterMissing fires; likewise the generator.
             assert exp.stop() == 0

@@ -256,6 +256,16 @@
     for (const h of internals.health) {
       health.appendChild(el("li", { title: h.detail || "" }, el("span", { class: Fmt.badgeClass(h.severity) }, h.check + ": " + h.severity)));
     }
+    // A panel whose read failed (permission, timeout) says so in words; the rest of the page stays live.
+    const unavailable = internals.unavailable || {};
+    for (const [panel, id] of [["advisor", "advisor"], ["efficiency", "efficiency"], ["health", "health"]]) {
+      const target = document.getElementById(id);
+      const holder = target.tagName === "TABLE" ? target.parentNode : target;
+      let note = holder.parentNode.querySelector(".unavailable[data-panel='" + panel + "']");
+      if (!unavailable[panel]) { if (note) note.remove(); continue; }
+      if (!note) { note = el("p", { class: "unavailable", "data-panel": panel }); holder.parentNode.insertBefore(note, holder); }
+      note.textContent = unavailable[panel];
+    }
   }
 
   function renderTree(tree) {
