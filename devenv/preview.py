@@ -145,6 +145,8 @@ def main() -> int:
                     "DASHBOARD_HOST": "127.0.0.1",
                     "DASHBOARD_PORT": str(dashboard_port),
                     "DASHBOARD_WORKERS": "1",
+                    # A quiet terminal: no access-log line per poll unless asked (DASHBOARD_ACCESS_LOG=true).
+                    "DASHBOARD_ACCESS_LOG": os.environ.get("DASHBOARD_ACCESS_LOG", "false"),
                     "GENERATOR_URL": f"http://127.0.0.1:{generator_port}",
                 },
                 f"http://127.0.0.1:{dashboard_port}/  (the live page; /api/snapshot, /healthz, /readyz)",

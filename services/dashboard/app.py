@@ -26,6 +26,7 @@ from services.common.httpguard import install_limits
 from services.common.scenarios import get_scenario
 from services.dashboard.config import APPLICATION_NAME, DashboardConfig, load_config
 from services.dashboard.controls import controls_blueprint
+from services.dashboard.sampler import Sampler
 from services.dashboard.scenarios import load_view
 from services.dashboard.snapshot import SnapshotService
 
@@ -83,6 +84,8 @@ def create_app(config: DashboardConfig | None = None) -> Flask:
     deadline = config.statement_timeout_ms / 1000 + 0.25
     snapshots = SnapshotService(pool, scenario, view, controls=config.generator_url is not None, deadline=deadline)
     app.extensions["dashboard"] = snapshots
+    # History is sampled in the background from the worker's start, not only while someone polls.
+    app.extensions["dashboard_sampler"] = Sampler(snapshots, config.sample_interval).start()
 
     def _snapshot_part(part: str | None):
         snap = snapshots.get()
@@ -165,6 +168,9 @@ def create_app(config: DashboardConfig | None = None) -> Flask:
 
 def close_app(app: Flask) -> None:
     """Closes the app's connection pool (gunicorn's worker_exit hook and tests call it)."""
+    sampler = app.extensions.get("dashboard_sampler")
+    if sampler is not None:
+        sampler.stop()
     service = app.extensions.get("dashboard")
     if service is not None:
         service.pool.close(timeout=2)

@@ -12,7 +12,16 @@ from urllib.parse import urlsplit
 
 from services.common.logs import LEVELS
 from services.common.scenarios import DEFAULT_SCENARIO, SCENARIO_NAMES, get_scenario
-from services.common.settings import ConfigError, env_choice, env_float, env_host, env_int, env_str, service_conninfo
+from services.common.settings import (
+    ConfigError,
+    env_bool,
+    env_choice,
+    env_float,
+    env_host,
+    env_int,
+    env_str,
+    service_conninfo,
+)
 
 APPLICATION_NAME = "demo-dashboard"
 DEFAULT_USER = "demo_reader"  # read-only: stream tables and the pgtrickle catalog
@@ -32,6 +41,10 @@ class DashboardConfig:
     generator_url: str | None  # None: the page hides its generator controls
     statement_timeout_ms: int
     log_level: str
+    # Seconds between history samples taken by each worker in the background, whether or not anyone
+    # watches (0: only when polled).
+    sample_interval: float = 2.0
+    access_log: bool = True  # gunicorn's access log on stderr (make preview turns it off unless asked)
 
 
 def _generator_url(env: Mapping[str, str]) -> str | None:
@@ -67,4 +80,6 @@ def load_config(env: Mapping[str, str] | None = None) -> DashboardConfig:
         generator_url=_generator_url(env),
         statement_timeout_ms=env_int("DASHBOARD_STATEMENT_TIMEOUT_MS", 2000, minimum=100, maximum=60000, env=env),
         log_level=log_level,
+        sample_interval=env_float("DASHBOARD_SAMPLE_INTERVAL", 2.0, minimum=0.0, maximum=60.0, env=env),
+        access_log=env_bool("DASHBOARD_ACCESS_LOG", True, env=env),
     )

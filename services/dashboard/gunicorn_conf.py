@@ -27,7 +27,7 @@ def gunicorn_options(config: DashboardConfig) -> dict:
         "keepalive": 5,
         # The heartbeat file lives in memory (a read-only root filesystem has no writable /tmp otherwise).
         "worker_tmp_dir": "/dev/shm" if os.path.isdir("/dev/shm") else "/tmp",  # noqa: S108
-        "accesslog": "-",
+        "accesslog": "-" if config.access_log else None,
         "errorlog": "-",
         "loglevel": config.log_level.lower(),
         "logger_class": "services.dashboard.gunicorn_logging.JsonLogger",

@@ -32,7 +32,7 @@ from psycopg_pool import ConnectionPool, PoolTimeout
 from services.common.db import first_line
 from services.common.deadline import DeadlineExceeded, run_within
 from services.common.scenarios import Scenario
-from services.dashboard import catalog
+from services.dashboard import catalog, story
 from services.dashboard.scenarios import ScenarioView
 
 log = logging.getLogger(__name__)
@@ -212,6 +212,7 @@ class SnapshotService:
         data = self.view.read(conn)
         engine = catalog.engine(conn)
         dag = catalog.dag(conn)
+        story.annotate_dag(dag, self.scenario, self.view.captions)
         if self._internals is None or self._clock() - self._internals[0] >= self.slow_every:
             self._internals = (self._clock(), catalog.slow_internals(conn))
         internals = {**catalog.live_internals(conn), **self._internals[1]}
@@ -225,6 +226,8 @@ class SnapshotService:
             "history": self.history.render(),
             "dag": dag,
             "internals": internals,
+            "cascade": story.cascade(conn, dag),
+            "tree": story.tree(conn),
         }
 
     def _failure(self, wall: float, state: str, detail: str, exc: BaseException) -> Snapshot:

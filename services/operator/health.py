@@ -65,6 +65,10 @@ class ApiProbe:
         self._result: tuple[bool, str] = (False, "not logged in to the Kubernetes API yet")
         self._lock = asyncio.Lock()
 
+    def remember(self, info: kopf.ConnectionInfo) -> None:
+        """The credentials kopf logged in with (when another login handler does the logging in)."""
+        self.info = info
+
     async def login_handler(self, **kwargs: Any) -> Any:
         """Registered as the kopf login handler: kopf calls it at start and again on a 401."""
         info = self._login(**kwargs)
