@@ -34,5 +34,6 @@ def test_missing_prerequisites_are_named_in_one_line(monkeypatch, tmp_path):
 
 def test_the_makefile_checks_them_before_the_suite():
     makefile = (ROOT / "Makefile").read_text()
-    recipe = makefile.split("\ntest:", 1)[1].split("\n\n", 1)[0]
+    assert makefile.split("\ntest:", 1)[1].split("\n", 1)[0].split("##")[0].split() == ["test-suite", "test-images"]
+    recipe = makefile.split("\ntest-suite:", 1)[1].split("\n\n", 1)[0]
     assert recipe.index("devenv.prereqs") < recipe.index("pytest")
