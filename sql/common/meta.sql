@@ -33,3 +33,11 @@ DROP POLICY IF EXISTS own_run ON demo_meta.generator_progress;
 CREATE POLICY own_run ON demo_meta.generator_progress
     USING (run_key = pg_catalog.sha256(pg_catalog.convert_to(pg_catalog.current_setting('demo.run_token', true), 'UTF8')))
     WITH CHECK (run_key = pg_catalog.sha256(pg_catalog.convert_to(pg_catalog.current_setting('demo.run_token', true), 'UTF8')));
+
+-- One reconciliation of a StreamTable name at a time (the operator's handlers, its timers, a second operator):
+-- a row lock on the name's row, which needs UPDATE privilege here, so only `demo` can take it. An advisory lock
+-- would do the same, but any role may take any advisory key: a read-only role holding the operator's key would
+-- stall its reconciliations.
+CREATE TABLE IF NOT EXISTS demo_meta.operator_locks (
+    name  text PRIMARY KEY
+);
