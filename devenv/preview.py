@@ -21,13 +21,14 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from devenv.postgres import LocalPostgres
+from devenv.postgres import LocalPostgres, PostgresNotAvailable
 from devenv.scheduler import EmulatorScheduler
 from services.bootstrap.core import OWNER, READER, WRITER, RolePasswords, bootstrap
-from services.common.cli import run_main, stop_on_signals
+from services.common.cli import FatalError, run_main, stop_on_signals
 from services.common.logs import setup_logging
+from services.common.netcheck import ensure_can_listen
 from services.common.scenarios import scenario_from_env
-from services.common.settings import env_int, env_str
+from services.common.settings import env_int, env_password, env_str
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -41,8 +42,9 @@ class Child:
 
 
 def _password(variable: str) -> str:
-    # Fresh random passwords per preview unless the user pins them; nothing secret is ever hard-coded.
-    return env_str(variable) or secrets.token_urlsafe(18)
+    # Fresh random passwords per preview unless the user pins them (exactly; see env_password); nothing
+    # secret is ever hard-coded.
+    return env_password(variable) or secrets.token_urlsafe(18)
 
 
 def _spawn(name: str, module: str, env: dict[str, str], address: str) -> Child:
@@ -71,6 +73,15 @@ def main() -> int:
     exporter_port = env_int("EXPORTER_PORT", 9188, minimum=1, maximum=65535)
     dashboard_port = env_int("DASHBOARD_PORT", 8080, minimum=1, maximum=65535)
     data_dir = env_str("PREVIEW_DATA_DIR")  # unset: a temporary folder, deleted on exit
+    # A second `make preview` (or anything else on these ports) is refused up front, in one line naming the
+    # variable to change, before PostgreSQL is started.
+    for variable, port in (
+        ("PREVIEW_PG_PORT", pg_port),
+        ("GENERATOR_HTTP_PORT", generator_port),
+        ("EXPORTER_PORT", exporter_port),
+        ("DASHBOARD_PORT", dashboard_port),
+    ):
+        ensure_can_listen("127.0.0.1", port, host_var="the preview's address", port_var=variable)
 
     stop = threading.Event()
     stop_on_signals(stop, log)
@@ -81,11 +92,21 @@ def main() -> int:
     children: list[Child] = []
     scheduler = None
     try:
-        server.start()
+        try:
+            server.start()
+        except PostgresNotAvailable as exc:  # one line; the server log goes away with the temporary folder
+            raise FatalError(str(exc).splitlines()[0]) from None
         print(
             f"preview: PostgreSQL 18 listening on {server.host}:{server.port} (data in {server.data_dir})", flush=True
         )
-        bootstrap(server.admin_url, scenario, "emulator", passwords, report=lambda line: print(line, flush=True))
+        bootstrap(
+            server.admin_url,
+            scenario,
+            "emulator",
+            passwords,
+            report=lambda line: print(line, flush=True),
+            private_maintenance_databases=True,  # the preview's server is its own
+        )
         db = scenario.database
         scheduler = EmulatorScheduler(server.url(db, OWNER, passwords.owner)).start()
         children.append(
@@ -124,6 +145,8 @@ def main() -> int:
                     "DASHBOARD_HOST": "127.0.0.1",
                     "DASHBOARD_PORT": str(dashboard_port),
                     "DASHBOARD_WORKERS": "1",
+                    # A quiet terminal: no access-log line per poll unless asked (DASHBOARD_ACCESS_LOG=true).
+                    "DASHBOARD_ACCESS_LOG": os.environ.get("DASHBOARD_ACCESS_LOG", "false"),
                     "GENERATOR_URL": f"http://127.0.0.1:{generator_port}",
                 },
                 f"http://127.0.0.1:{dashboard_port}/  (the live page; /api/snapshot, /healthz, /readyz)",

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import yaml
 
-from tests.support import ROOT, missing_prerequisite
+from tests.support import ROOT, TEST_PASSWORDS, missing_prerequisite
 
 CHART = ROOT / "helm" / "pg-trickle-demo"
 VENV_BIN = Path(__import__("sys").executable).parent
@@ -20,6 +20,8 @@ SERVICES = ("bootstrap", "generator", "dashboard", "exporter", "operator")
 # The contract's ports (CONTRACTS.md / DESIGN.md).
 SERVICE_PORTS = {"generator": 8000, "dashboard": 8080, "exporter": 9188, "operator": 8081}
 SCENARIO_VALUES = ("values-ecommerce.yaml", "values-fraud.yaml", "values-finance.yaml")
+# The StreamTable CRD's source; templates/crds.yaml renders it (crds.create).
+CRD_FILE = CHART / "files" / "crds" / "streamtables.pgtrickle.io.yaml"
 SCHEMAS = Path(__file__).resolve().parent / "k8s_static" / "schemas"
 PASSWORD_ENV = re.compile(r"PASSWORD", re.IGNORECASE)
 
@@ -47,11 +49,15 @@ def deep_merge(base: dict, over: dict) -> dict:
     return out
 
 
-def render(values: dict | None = None, *, chart: Path = CHART, name: str = "demo", namespace: str = "pgtd") -> dict:
-    """{template path: text} as `helm template` would give (NOTES.txt included)."""
+def render(
+    values: dict | None = None, *, chart: Path = CHART, name: str = "demo", namespace: str = "pgtd", revision: int = 1
+) -> dict:
+    """{template path: text} as `helm template` would give (NOTES.txt included); revision > 1 renders an upgrade."""
     hp = helm()
     loaded = hp.Chart.load(str(chart))
     try:
+        if revision > 1:
+            return loaded.render(values or {}, name=name, namespace=namespace, revision=revision, is_upgrade=True)
         return loaded.render(values or {}, name=name, namespace=namespace, is_install=True)
     finally:
         loaded.close()
@@ -105,7 +111,7 @@ def env_names(container: dict) -> set[str]:
 def crd_schema(kind: str) -> dict:
     """JSON schema of a custom resource: our own CRD from the chart, third-party ones from tests/k8s_static/schemas."""
     if kind == "StreamTable":
-        crd = yaml.safe_load((CHART / "crds" / "streamtables.pgtrickle.io.yaml").read_text())
+        crd = yaml.safe_load(CRD_FILE.read_text())
         version = next(v for v in crd["spec"]["versions"] if v.get("storage"))
         return version["schema"]["openAPIV3Schema"]
     return json.loads((SCHEMAS / f"{kind}.json").read_text())
@@ -164,3 +170,30 @@ def combinations():
 
 
 COMBINATIONS = dict(combinations())
+
+
+# -- the chart's environment, resolved as the kubelet would (secrets = the test passwords) -------------------
+SECRET_VALUES = {
+    "postgres-password": "unused-superuser-is-trusted-on-loopback",
+    "demo-password": TEST_PASSWORDS["DEMO_PASSWORD"],
+    "demo-writer-password": TEST_PASSWORDS["DEMO_WRITER_PASSWORD"],
+    "demo-reader-password": TEST_PASSWORDS["DEMO_READER_PASSWORD"],
+}
+
+
+def chart_env(kind: str, component: str, scenario: str) -> dict[str, str]:
+    objects = render_objects(chart_values("values.yaml", f"values-{scenario}.yaml"))
+    (container,) = containers(workload(objects, kind, component))
+    env = {}
+    for entry in container["env"]:
+        if "value" in entry:
+            env[entry["name"]] = entry["value"]
+        elif "secretKeyRef" in entry.get("valueFrom", {}):
+            env[entry["name"]] = SECRET_VALUES[entry["valueFrom"]["secretKeyRef"]["key"]]
+        elif entry.get("valueFrom", {}).get("fieldRef", {}).get("fieldPath") == "metadata.namespace":
+            env[entry["name"]] = "pgtd"  # the downward API: the pod's namespace
+        elif entry.get("valueFrom", {}).get("fieldRef", {}).get("fieldPath") == "metadata.name":
+            env[entry["name"]] = f"demo-pg-trickle-demo-{component}-7d9f8-x2k4q"  # the downward API: the pod's name
+        else:
+            raise AssertionError(f"unexpected env source {entry}")
+    return env

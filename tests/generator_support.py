@@ -63,6 +63,8 @@ class GeneratorProcess:
     # HTTP
     def http(self, method: str, path: str, body: bytes | str | None = None, content_type="application/json"):
         data = body.encode() if isinstance(body, str) else body
+        if data is None and method == "POST":
+            data = b""  # the control API accepts only JSON POSTs; an empty body is fine
         request = urllib.request.Request(f"http://127.0.0.1:{self.port}{path}", data=data, method=method)
         if data is not None:
             request.add_header("Content-Type", content_type)

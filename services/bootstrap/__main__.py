@@ -10,8 +10,9 @@ import argparse
 
 from services.bootstrap.core import ENGINES, RolePasswords, bootstrap
 from services.common.cli import run_main
+from services.common.logs import LEVELS
 from services.common.scenarios import DEFAULT_SCENARIO, SCENARIO_NAMES, get_scenario
-from services.common.settings import ConfigError, database_conninfo, env_choice, env_float, env_str
+from services.common.settings import ConfigError, database_conninfo, env_bool, env_choice, env_float, env_str
 
 
 class _Parser(argparse.ArgumentParser):
@@ -41,6 +42,9 @@ def main(argv=None) -> int:
     engine = args.engine or env_choice("DEMO_ENGINE", "extension", ENGINES)
     if engine not in ENGINES:
         raise ConfigError(f"--engine {engine!r} is not valid; allowed values: {', '.join(ENGINES)}")
+    # The bootstrap prints plain lines, but LOG_LEVEL is shared with the services: a bad value is refused here too.
+    env_choice("LOG_LEVEL", "INFO", LEVELS + tuple(level.lower() for level in LEVELS))
+    connect_timeout = env_float("BOOTSTRAP_CONNECT_TIMEOUT", 60.0, minimum=0.0, maximum=3600.0)
     scenario = get_scenario(scenario_name)
     bootstrap(
         database_conninfo(),
@@ -48,7 +52,10 @@ def main(argv=None) -> int:
         engine,
         RolePasswords.from_env(),
         database=args.database or env_str("DEMO_DATABASE"),
-        connect_timeout=env_float("BOOTSTRAP_CONNECT_TIMEOUT", 60.0, minimum=0.0),
+        connect_timeout=connect_timeout,
+        # true on a server that is the demo's own (the chart's StatefulSet, compose, make preview): CONNECT on
+        # postgres and template1 is revoked from PUBLIC, so the service roles reach their database only.
+        private_maintenance_databases=env_bool("BOOTSTRAP_PRIVATE_MAINTENANCE_DATABASES", False),
         report=lambda line: print(line, flush=True),
     )
     return 0

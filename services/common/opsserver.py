@@ -15,6 +15,8 @@ from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry, 
 from werkzeug.exceptions import HTTPException
 from werkzeug.serving import make_server
 
+from services.common.httpguard import install_limits
+
 log = logging.getLogger(__name__)
 
 # A readiness check returns (ready, detail). It must be quick and never raise.
@@ -30,6 +32,7 @@ def create_ops_app(
 ) -> Flask:
     app = Flask(service)
     app.json.sort_keys = False
+    install_limits(app)  # 16 KiB bodies on every endpoint (413 as JSON)
 
     @app.get("/healthz")
     def healthz():

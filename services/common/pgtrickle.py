@@ -307,6 +307,21 @@ def recent_refreshes(conn: psycopg.Connection, limit: int = 40, *, finished_only
     return _fetch(conn, RefreshEvent, f"{_HISTORY} {where} ORDER BY rh.start_time DESC LIMIT %s", (limit,))
 
 
+_SINCE = """WHERE rh.start_time > now() - make_interval(secs => %s) AND rh.status IN ('COMPLETED', 'FAILED')
+ ORDER BY rh.start_time DESC LIMIT %s"""
+
+
+def refreshes_since(conn: psycopg.Connection, seconds: float, limit: int = 2000) -> list[RefreshEvent]:
+    """Finished refreshes that started in the last `seconds` (database clock), oldest first, at most `limit`
+    (the newest ones): the dashboard's refresh cascade timeline. Served by the start_time index."""
+    return _fetch(
+        conn,
+        RefreshEvent,
+        f"SELECT * FROM ({_HISTORY} {_SINCE}) newest ORDER BY start_time, refresh_id",  # noqa: S608 - constants
+        (seconds, limit),
+    )
+
+
 def refreshes_after(
     conn: psycopg.Connection, after_refresh_id: int, limit: int = 5000, *, finished_only: bool = True
 ) -> list[RefreshEvent]:

@@ -48,6 +48,10 @@ class Scenario:
     # Optional [generator] table: defaults for generator variables (e.g. GENERATOR_BURST_INTERVAL) that
     # apply when neither the flag nor the variable is set.
     generator_defaults: dict[str, str] = field(default_factory=dict)
+    # [writer] table: the columns the generator writes, table -> columns; demo_writer gets exactly these
+    # column privileges (INSERT on `inserts`, UPDATE on `updates`) and nothing else that changes data.
+    writer_inserts: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    writer_updates: dict[str, tuple[str, ...]] = field(default_factory=dict)
 
     @property
     def database(self) -> str:
@@ -82,6 +86,8 @@ def _load(name: str) -> Scenario:
             ),
             folder=folder,
             generator_defaults={str(k): str(v) for k, v in data.get("generator", {}).items()},
+            writer_inserts={str(t): tuple(map(str, cols)) for t, cols in data["writer"]["insert"].items()},
+            writer_updates={str(t): tuple(map(str, cols)) for t, cols in data["writer"]["update"].items()},
         )
     except (KeyError, TypeError) as exc:
         raise ConfigError(f"{manifest} is missing or mistypes the key {exc}") from None

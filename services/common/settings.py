@@ -7,7 +7,9 @@ one-line message and exit code 2 (no traceback).
 
 from __future__ import annotations
 
+import ipaddress
 import os
+import re
 from collections.abc import Iterable, Mapping
 from urllib.parse import quote
 
@@ -49,8 +51,8 @@ def _number(name, value, kind, minimum, maximum):
         number = kind(value)
     except ValueError:
         raise ConfigError(f"{name}={value!r} is not a valid {kind.__name__}") from None
-    if kind is float and number != number:  # NaN
-        raise ConfigError(f"{name}={value!r} is not a valid number")
+    if kind is float and (number != number or number in (float("inf"), float("-inf"))):  # NaN, inf
+        raise ConfigError(f"{name}={value!r} is not a valid number (it must be finite)")
     if minimum is not None and number < minimum:
         raise ConfigError(f"{name}={value!r} is too small; it must be >= {minimum}")
     if maximum is not None and number > maximum:
@@ -77,6 +79,41 @@ def env_bool(name: str, default: bool, *, env: Mapping[str, str] | None = None) 
     if value.lower() in _FALSE:
         return False
     raise ConfigError(f"{name}={value!r} is not a boolean; use one of: true, false, 1, 0, yes, no")
+
+
+_HOST_LABEL = re.compile(r"(?!-)[A-Za-z0-9-]{1,63}(?<!-)")
+
+
+def check_host(name: str, value: str) -> str:
+    """An address to listen on or connect to: an IPv4/IPv6 literal or a DNS name (RFC 1123). Dotted digits
+    that are no IPv4 address (999.999.999.999) are refused here, not by a traceback from the socket layer."""
+    text = value.strip()
+    try:
+        ipaddress.ip_address(text.strip("[]"))
+        return text.strip("[]")
+    except ValueError:
+        pass
+    labels = text.rstrip(".").split(".")
+    numeric = all(label.isdigit() for label in labels)
+    if not text or len(text) > 253 or numeric or not all(_HOST_LABEL.fullmatch(label) for label in labels):
+        raise ConfigError(f"{name}={value!r} is not a valid IP address or host name")
+    return text
+
+
+def env_host(name: str, default: str, *, env: Mapping[str, str] | None = None) -> str:
+    value = _raw(name, env)
+    return default if value is None else check_host(name, value)
+
+
+def env_password(name: str, *, env: Mapping[str, str] | None = None) -> str | None:
+    """A password, exactly as given. Leading or trailing white space is refused rather than silently
+    dropped or kept (it is almost always a copy-and-paste accident, and either choice would surprise)."""
+    value = (os.environ if env is None else env).get(name)
+    if value is None or value == "":
+        return None
+    if value != value.strip():
+        raise ConfigError(f"{name} has leading or trailing white space; remove it (passwords are used exactly)")
+    return value
 
 
 def parse_number(name: str, value: str, kind=float, *, minimum=None, maximum=None):
@@ -117,18 +154,42 @@ def database_conninfo(
     except Exception as exc:  # psycopg raises ProgrammingError with a libpq message
         detail = " ".join(str(exc).split())  # libpq's message ends with a newline
         raise ConfigError(f"DATABASE_URL is not a valid connection string: {detail}") from None
+    source = {key: "DATABASE_URL" for key in params}
     if not url:
         for var, key in _PG_VARS.items():
-            value = _raw(var, env)
+            value = env_password(var, env=env) if key == "password" else _raw(var, env)
             if value is not None:
-                params[key] = value
+                params[key], source[key] = value, var
     if user_var and "user" not in params and _raw(user_var, env):
         params["user"] = _raw(user_var, env)
-    if password_var and "password" not in params and _raw(password_var, env):
-        params["password"] = _raw(password_var, env)
+    if password_var and "password" not in params and env_password(password_var, env=env):
+        params["password"] = env_password(password_var, env=env)
+    _check_ports(params, source)
+    _check_timeout(params, source)
     if dbname:
         params["dbname"] = dbname
     return make_conninfo("", **params)
+
+
+def _check_ports(params: dict, source: dict) -> None:
+    """libpq takes a port list (one per host); each must be a TCP port. libpq itself would only fail at
+    connect time, after the retry budget, with a message that does not name the variable."""
+    port = params.get("port")
+    if port is None or str(port).strip() == "":
+        return
+    for part in str(port).split(","):
+        part = part.strip()
+        if part and not (part.isdigit() and 1 <= int(part) <= 65535):
+            raise ConfigError(f"{source.get('port', 'DATABASE_URL')}: port {part!r} is not valid; use 1-65535")
+
+
+def _check_timeout(params: dict, source: dict) -> None:
+    timeout = params.get("connect_timeout")
+    if timeout is None:
+        return
+    if not str(timeout).strip().isdigit() or int(str(timeout).strip()) > 3600:
+        name = source.get("connect_timeout", "DATABASE_URL")
+        raise ConfigError(f"{name}: connect_timeout {timeout!r} is not valid; use whole seconds 0-3600")
 
 
 def service_conninfo(

@@ -6,6 +6,7 @@ from gunicorn.app.base import BaseApplication
 
 from services.common.cli import run_main
 from services.common.logs import setup_logging
+from services.common.netcheck import ensure_can_listen
 
 
 class DashboardServer(BaseApplication):
@@ -30,6 +31,8 @@ def main() -> int:
 
     config = load_config()  # ConfigError -> one line, exit 2
     load_view(config.scenario)  # a scenario without a dashboard module fails here, not in every worker
+    # gunicorn would retry a busy port five times and print its own text: one line naming the variable instead.
+    ensure_can_listen(config.host, config.port, host_var="DASHBOARD_HOST", port_var="DASHBOARD_PORT")
     log = setup_logging("dashboard")
     log.info(
         "dashboard starting",

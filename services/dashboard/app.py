@@ -21,9 +21,12 @@ from werkzeug.exceptions import HTTPException
 
 from services.common import pgtrickle
 from services.common.db import first_line, make_pool
+from services.common.deadline import DeadlineExceeded, run_within
+from services.common.httpguard import install_limits
 from services.common.scenarios import get_scenario
 from services.dashboard.config import APPLICATION_NAME, DashboardConfig, load_config
 from services.dashboard.controls import controls_blueprint
+from services.dashboard.sampler import Sampler
 from services.dashboard.scenarios import load_view
 from services.dashboard.snapshot import SnapshotService
 
@@ -64,6 +67,7 @@ def create_app(config: DashboardConfig | None = None) -> Flask:
     app = Flask(__name__)
     app.json.sort_keys = False
     app.config["DASHBOARD"] = config
+    install_limits(app)  # 16 KiB bodies on every endpoint (413 as JSON)
     pool = make_pool(
         config.conninfo,
         application_name=APPLICATION_NAME,
@@ -75,8 +79,13 @@ def create_app(config: DashboardConfig | None = None) -> Flask:
     )
     pool.open(wait=False)
     view = load_view(config.scenario)
-    snapshots = SnapshotService(pool, scenario, view, controls=config.generator_url is not None)
+    # A snapshot and a readiness probe answer within the statement timeout measured on the client, even when
+    # the server is frozen and enforces nothing (issue 14).
+    deadline = config.statement_timeout_ms / 1000 + 0.25
+    snapshots = SnapshotService(pool, scenario, view, controls=config.generator_url is not None, deadline=deadline)
     app.extensions["dashboard"] = snapshots
+    # History is sampled in the background from the worker's start, not only while someone polls.
+    app.extensions["dashboard_sampler"] = Sampler(snapshots, config.sample_interval).start()
 
     def _snapshot_part(part: str | None):
         snap = snapshots.get()
@@ -114,16 +123,19 @@ def create_app(config: DashboardConfig | None = None) -> Flask:
     def readyz():
         # Ready = the database answers AND the scenario's stream tables are there for demo_reader to read
         # (DESIGN.md): a reachable but not yet bootstrapped database is not ready.
-        try:
+        def read() -> set[str]:
             with pool.connection(timeout=1.0) as conn:
-                try:
-                    present = {st.pgt_name for st in pgtrickle.stream_tables(conn) if st.pgt_schema == "public"}
-                except psycopg.OperationalError:
-                    raise
-                except psycopg.Error as exc:  # no pgtrickle catalog (or no grant on it) yet
-                    log.info("not ready", extra={"fields": {"error": first_line(exc)}})
-                    return jsonify(ready=False, detail="the pgtrickle catalog cannot be read"), 503
-        except (PoolTimeout, psycopg.Error) as exc:
+                return {st.pgt_name for st in pgtrickle.stream_tables(conn) if st.pgt_schema == "public"}
+
+        try:
+            present = run_within(deadline, read, name="dashboard-ready")
+        except psycopg.OperationalError as exc:
+            log.info("not ready", extra={"fields": {"error": first_line(exc)}})
+            return jsonify(ready=False, detail="the database is unreachable"), 503
+        except psycopg.Error as exc:  # no pgtrickle catalog (or no grant on it) yet
+            log.info("not ready", extra={"fields": {"error": first_line(exc)}})
+            return jsonify(ready=False, detail="the pgtrickle catalog cannot be read"), 503
+        except (PoolTimeout, DeadlineExceeded) as exc:
             log.info("not ready", extra={"fields": {"error": first_line(exc)}})
             return jsonify(ready=False, detail="the database is unreachable"), 503
         missing = len(expected - present)
@@ -156,6 +168,9 @@ def create_app(config: DashboardConfig | None = None) -> Flask:
 
 def close_app(app: Flask) -> None:
     """Closes the app's connection pool (gunicorn's worker_exit hook and tests call it)."""
+    sampler = app.extensions.get("dashboard_sampler")
+    if sampler is not None:
+        sampler.stop()
     service = app.extensions.get("dashboard")
     if service is not None:
         service.pool.close(timeout=2)

@@ -210,6 +210,7 @@ def _advisor(conn: psycopg.Connection) -> list:
         {
             "name": _short(r.pgt_schema, r.pgt_name),
             "current_mode": r.current_mode,
+            "effective_mode": r.effective_mode,
             "recommended_mode": r.recommended_mode,
             "verdict": verdict(r),
             "keep": keeps(r),

@@ -12,7 +12,16 @@ from urllib.parse import urlsplit
 
 from services.common.logs import LEVELS
 from services.common.scenarios import DEFAULT_SCENARIO, SCENARIO_NAMES, get_scenario
-from services.common.settings import ConfigError, env_choice, env_int, env_str, service_conninfo
+from services.common.settings import (
+    ConfigError,
+    env_bool,
+    env_choice,
+    env_float,
+    env_host,
+    env_int,
+    env_str,
+    service_conninfo,
+)
 
 APPLICATION_NAME = "demo-dashboard"
 DEFAULT_USER = "demo_reader"  # read-only: stream tables and the pgtrickle catalog
@@ -28,9 +37,14 @@ class DashboardConfig:
     workers: int
     threads: int
     graceful_timeout: int
+    read_timeout: float  # seconds a client has to send a request (head and small body); then 408
     generator_url: str | None  # None: the page hides its generator controls
     statement_timeout_ms: int
     log_level: str
+    # Seconds between history samples taken by each worker in the background, whether or not anyone
+    # watches (0: only when polled).
+    sample_interval: float = 2.0
+    access_log: bool = True  # gunicorn's access log on stderr (make preview turns it off unless asked)
 
 
 def _generator_url(env: Mapping[str, str]) -> str | None:
@@ -57,12 +71,15 @@ def load_config(env: Mapping[str, str] | None = None) -> DashboardConfig:
     return DashboardConfig(
         scenario=scenario,
         conninfo=conninfo,
-        host=env_str("DASHBOARD_HOST", "0.0.0.0", env=env),  # noqa: S104 - a container listens on all interfaces
+        host=env_host("DASHBOARD_HOST", "0.0.0.0", env=env),  # noqa: S104 - a container listens on all interfaces
         port=env_int("DASHBOARD_PORT", 8080, minimum=0, maximum=65535, env=env),
         workers=env_int("DASHBOARD_WORKERS", 2, minimum=1, maximum=64, env=env),
         threads=env_int("DASHBOARD_THREADS", 4, minimum=1, maximum=256, env=env),
         graceful_timeout=env_int("DASHBOARD_GRACEFUL_TIMEOUT", 10, minimum=1, maximum=600, env=env),
+        read_timeout=env_float("DASHBOARD_READ_TIMEOUT", 10.0, minimum=0.5, maximum=300, env=env),
         generator_url=_generator_url(env),
         statement_timeout_ms=env_int("DASHBOARD_STATEMENT_TIMEOUT_MS", 2000, minimum=100, maximum=60000, env=env),
         log_level=log_level,
+        sample_interval=env_float("DASHBOARD_SAMPLE_INTERVAL", 2.0, minimum=0.0, maximum=60.0, env=env),
+        access_log=env_bool("DASHBOARD_ACCESS_LOG", True, env=env),
     )

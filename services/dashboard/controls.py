@@ -6,7 +6,9 @@
   POST /api/control/pause | /resume
 
 POSTs must carry `Content-Type: application/json` (a cross-site form cannot, and the dashboard answers no
-CORS preflight) and are refused when the browser marks them cross-site. Unset GENERATOR_URL: 404.
+CORS preflight) and are refused when the browser marks them cross-site (Sec-Fetch-Site, Origin); bodies are
+size-limited and malformed JSON is a 400 (services/common/httpguard.py, shared with the generator's own
+control API). Unset GENERATOR_URL: 404.
 """
 
 from __future__ import annotations
@@ -18,6 +20,9 @@ import urllib.error
 import urllib.request
 
 from flask import Blueprint, current_app, jsonify, request
+from werkzeug.exceptions import HTTPException
+
+from services.common import httpguard
 
 log = logging.getLogger(__name__)
 ACTIONS = ("burst", "rate", "pause", "resume")
@@ -29,9 +34,9 @@ def _error(status: int, error: str, detail: str):
 
 
 def _call(base: str, method: str, path: str, body: dict | None = None):
-    data = None if body is None else json.dumps(body).encode()
+    data = None if method == "GET" else json.dumps(body or {}).encode()
     req = urllib.request.Request(f"{base}{path}", data=data, method=method)  # noqa: S310 - base is GENERATOR_URL
-    if data is not None:
+    if data is not None:  # the generator accepts only JSON POSTs
         req.add_header("Content-Type", "application/json")
     try:
         with urllib.request.urlopen(req, timeout=TIMEOUT) as response:  # noqa: S310
@@ -58,10 +63,12 @@ def controls_blueprint() -> Blueprint:
         if current_app.config["DASHBOARD"].generator_url is None:
             return _error(404, "Not Found", "generator controls are disabled (GENERATOR_URL is not set)")
         if request.method == "POST":
-            if request.headers.get("Sec-Fetch-Site", "same-origin") not in ("same-origin", "none"):
-                return _error(403, "Forbidden", "cross-site requests are not accepted")
-            if not request.is_json:
-                return _error(415, "Unsupported Media Type", "send Content-Type: application/json")
+            try:
+                httpguard.refuse_cross_site()
+                httpguard.require_json()
+                httpguard.read_json()
+            except HTTPException as exc:
+                return _error(exc.code, exc.name, exc.description)
         return None
 
     @bp.get("/api/control")
@@ -74,7 +81,7 @@ def controls_blueprint() -> Blueprint:
             return _error(404, "Not Found", f"unknown action; use one of: {', '.join(ACTIONS)}")
         body = None
         if action == "rate":
-            payload = request.get_json(silent=True)
+            payload = httpguard.read_json()
             value = payload.get("rate") if isinstance(payload, dict) else None
             if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value) or value <= 0:
                 return _error(400, "Bad Request", 'expected {"rate": n} with a number n > 0 (events per second)')

@@ -23,6 +23,8 @@ class JsonLogger(Logger):
             log.propagate = False
 
     def access(self, resp, req, environ, request_time) -> None:
+        if not self.cfg.accesslog:  # DASHBOARD_ACCESS_LOG=false (make preview's default): a quiet terminal
+            return
         wsgi = environ  # the request's WSGI environ (not the process environment)
         status = resp.status
         if isinstance(status, str):

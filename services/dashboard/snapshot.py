@@ -30,8 +30,9 @@ import psycopg
 from psycopg_pool import ConnectionPool, PoolTimeout
 
 from services.common.db import first_line
+from services.common.deadline import DeadlineExceeded, run_within
 from services.common.scenarios import Scenario
-from services.dashboard import catalog
+from services.dashboard import catalog, story
 from services.dashboard.scenarios import ScenarioView
 
 log = logging.getLogger(__name__)
@@ -124,6 +125,7 @@ class SnapshotService:
         max_age: float = 1.0,
         slow_every: float = 5.0,
         connection_timeout: float = 2.0,
+        deadline: float | None = None,
         clock: Callable[[], float] = time.monotonic,
         wall: Callable[[], float] = time.time,
     ):
@@ -139,6 +141,9 @@ class SnapshotService:
         self._internals: tuple[float, dict] | None = None
         self._last_good: float | None = None
         self._down_since: float | None = None
+        # Client-side bound of one computation (issue 14): a frozen server answers no statement_timeout.
+        self.deadline = deadline
+        self._abandoned: threading.Event | None = None  # set when an abandoned computation ends
 
     def get(self) -> Snapshot:
         current = self._current
@@ -150,11 +155,33 @@ class SnapshotService:
             current = self._current
             if current is not None and self._clock() - current.computed_at < self.max_age:
                 return current  # another request computed it while this one waited
-            current = self._compute()
+            current = self._compute_within_deadline()
             self._current = current
             return current
         finally:
             self._lock.release()
+
+    def _compute_within_deadline(self) -> Snapshot:
+        """_compute(), or an "unreachable" failure once `deadline` passes. An abandoned computation keeps
+        running until the server answers; until it ends no new one starts (no pile-up of stuck threads)."""
+        if self.deadline is None:
+            return self._compute()
+        if self._abandoned is not None and not self._abandoned.is_set():
+            exc = DeadlineExceeded("the previous snapshot is still waiting for the database")
+            return self._failure(self._wall(), "unreachable", "the database is not answering", exc)
+        finished = threading.Event()
+
+        def work() -> Snapshot:
+            try:
+                return self._compute()
+            finally:
+                finished.set()
+
+        try:
+            return run_within(self.deadline, work, name="dashboard-snapshot")
+        except DeadlineExceeded as exc:
+            self._abandoned = finished
+            return self._failure(self._wall(), "unreachable", "the database did not answer in time", exc)
 
     def _base(self, wall: float) -> dict:
         return {
@@ -185,6 +212,7 @@ class SnapshotService:
         data = self.view.read(conn)
         engine = catalog.engine(conn)
         dag = catalog.dag(conn)
+        story.annotate_dag(dag, self.scenario, self.view.captions)
         if self._internals is None or self._clock() - self._internals[0] >= self.slow_every:
             self._internals = (self._clock(), catalog.slow_internals(conn))
         internals = {**catalog.live_internals(conn), **self._internals[1]}
@@ -198,6 +226,8 @@ class SnapshotService:
             "history": self.history.render(),
             "dag": dag,
             "internals": internals,
+            "cascade": story.cascade(conn, dag),
+            "tree": story.tree(conn),
         }
 
     def _failure(self, wall: float, state: str, detail: str, exc: BaseException) -> Snapshot:

@@ -21,6 +21,7 @@ from psycopg_pool import ConnectionPool
 
 from services.common import pgtrickle
 from services.common.db import first_line
+from services.common.deadline import DeadlineExceeded, run_within
 from services.common.scenarios import get_scenario
 from services.exporter.analyses import AnalysesReader
 from services.exporter.history import DURATION_BUCKETS, HistoryTracker
@@ -39,7 +40,8 @@ MODES = ("DIFFERENTIAL", "FULL", "KEEP")
 SWITCH_MODES = ("DIFFERENTIAL", "FULL")  # what the Advisor can ask a table to be switched to
 CONFIDENCE = {"low": 1, "medium": 2, "high": 3}
 SEVERITIES = ("OK", "WARN", "ERROR")
-STAGES = ("connect", "catalog", "history", "change_buffers", "health_check", "engine_capacity", "analyses")
+STAGES = ("connect", "catalog", "history", "change_buffers", "health_check", "engine_capacity", "analyses", "deadline")
+READY_TIMEOUT_S = 3.0  # /readyz answers within this, whatever the database does
 BASELINE_TIMEOUT_S = 120.0  # the start-up pass over the refresh history (first scrape only)
 _SCHEDULE_PART = re.compile(r"(\d+(?:\.\d+)?)([wdhms])")
 _UNIT_SECONDS = {"w": 604800, "d": 86400, "h": 3600, "m": 60, "s": 1}
@@ -103,13 +105,45 @@ class PgTrickleCollector(Collector):
         return []  # registration must not touch the database
 
     def collect(self) -> Iterator[Metric]:
-        with self._lock:
-            started = time.monotonic()
-            metrics = self._scrape()
-            self.scrapes += 1
-            duration = time.monotonic() - started
+        started = time.monotonic()
+        metrics = self._scrape_within_deadline()
+        self.scrapes += 1
+        duration = time.monotonic() - started
         yield from metrics
         yield from self._own_metrics(duration)
+
+    def _deadline(self) -> float:
+        """The client-side bound of one scrape: EXPORTER_SCRAPE_TIMEOUT (the first scrape also reads the
+        refresh-history baseline, bounded by BASELINE_TIMEOUT_S), plus a moment for the server's own
+        statement_timeout to answer first when the server is merely slow."""
+        baseline = BASELINE_TIMEOUT_S if self.history.watermark is None else 0.0
+        return self.scrape_timeout + baseline + 0.25
+
+    def _scrape_within_deadline(self) -> list[Metric]:
+        """One scrape, or pg_trickle_up 0 once the deadline passes, even when the server is frozen and no
+        statement_timeout can fire (issue 14). Scrapes are serialised (the history tracker is shared state);
+        a scrape still stuck on a frozen server holds the lock, and the next ones wait for it only until
+        their own deadline."""
+        deadline = time.monotonic() + self._deadline()
+        if not self._lock.acquire(timeout=self._deadline()):
+            return self._deadline_passed("a previous scrape is still waiting for the database")
+
+        def scrape() -> list[Metric]:
+            try:
+                return self._scrape()
+            finally:
+                self._lock.release()  # by the scraping thread: an abandoned scrape keeps it until it ends
+
+        try:
+            return run_within(max(0.0, deadline - time.monotonic()), scrape, name="exporter-scrape")
+        except DeadlineExceeded as exc:
+            return self._deadline_passed(str(exc))
+
+    def _deadline_passed(self, detail: str) -> list[Metric]:
+        self._failed("deadline", DeadlineExceeded(detail))
+        up = GaugeMetricFamily("pg_trickle_up", "1 when the database and the pg_trickle engine answered this scrape")
+        up.add_metric([], 0)
+        return [up]
 
     # -- one scrape ------------------------------------------------------------------------------------
 
@@ -468,11 +502,15 @@ class PgTrickleCollector(Collector):
     def ready(self) -> tuple[bool, str]:
         """Ready when the database answers, the engine's catalog is readable and it lists every stream
         table of the scenario (the scenario's objects are present)."""
-        try:
+
+        def read() -> set[str]:
             with self.pool.connection(timeout=2) as conn, conn.transaction():
                 conn.execute("SET LOCAL statement_timeout = 2000")
                 pgtrickle.version(conn)
-                present = {st.pgt_name for st in pgtrickle.stream_tables(conn)}
+                return {st.pgt_name for st in pgtrickle.stream_tables(conn)}
+
+        try:  # bounded on the client as well: a frozen server answers no statement_timeout
+            present = run_within(READY_TIMEOUT_S, read, name="exporter-ready")
         except Exception as exc:
             return False, f"catalog not readable: {first_line(exc)}"
         missing = [name for name in self.expected_stream_tables if name not in present]

@@ -6,7 +6,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from services.common.scenarios import DEFAULT_SCENARIO, SCENARIO_NAMES, get_scenario
-from services.common.settings import env_choice, env_float, env_int, env_str, service_conninfo
+from services.common.settings import env_choice, env_float, env_host, env_int, service_conninfo
 
 APPLICATION_NAME = "demo-exporter"
 DEFAULT_USER = "demo_reader"  # read-only: SELECT on the catalog and the stream tables, nothing else
@@ -25,7 +25,7 @@ class ExporterConfig:
 
 def load_config(env: Mapping[str, str] | None = None) -> ExporterConfig:
     scenario = env_choice("DEMO_SCENARIO", DEFAULT_SCENARIO, SCENARIO_NAMES, env=env)
-    host = env_str("EXPORTER_HOST", "0.0.0.0", env=env)  # noqa: S104 - a container listens on all interfaces
+    host = env_host("EXPORTER_HOST", "0.0.0.0", env=env)  # noqa: S104 - a container listens on all interfaces
     port = env_int("EXPORTER_PORT", 9188, minimum=0, maximum=65535, env=env)
     scrape_timeout = env_float("EXPORTER_SCRAPE_TIMEOUT", 5.0, minimum=0.1, maximum=300, env=env)
     advisor_interval = env_float("EXPORTER_ADVISOR_INTERVAL", 30.0, minimum=1, maximum=86400, env=env)

@@ -4,12 +4,14 @@
 from __future__ import annotations
 
 import threading
+import time
 
 from prometheus_client import CollectorRegistry
 
-from services.common.cli import FatalError, stop_on_signals
+from services.common.cli import stop_on_signals
 from services.common.db import make_pool
 from services.common.logs import setup_logging
+from services.common.netcheck import ensure_can_listen, listen_error
 from services.common.opsserver import OpsServer, create_ops_app
 from services.common.settings import describe_conninfo
 from services.exporter.analyses import AnalysesReader
@@ -17,6 +19,7 @@ from services.exporter.collector import PgTrickleCollector
 from services.exporter.config import APPLICATION_NAME, ExporterConfig, load_config
 
 SERVICE = "exporter"
+STOP_DEADLINE_SECONDS = 5.0  # SIGTERM -> exit, measured from the signal, whatever the database does
 
 
 def build(config: ExporterConfig, stop: threading.Event):
@@ -42,11 +45,14 @@ def main() -> int:
     log = setup_logging(SERVICE)
     stop = threading.Event()
     stop_on_signals(stop, log)
+    # werkzeug prints its own two lines and exits 1 on a busy port: check first, one line naming the variable.
+    ensure_can_listen(config.host, config.port, host_var="EXPORTER_HOST", port_var="EXPORTER_PORT")
     pool, analyses, _collector, app = build(config, stop)
     try:
         server = OpsServer(app, config.host, config.port).start()
-    except OSError as exc:
-        raise FatalError(f"cannot listen on {config.host}:{config.port}: {exc.strerror or exc}") from None
+    except OSError as exc:  # one line naming the variable to change, exit code 2
+        pool.close(timeout=0.1)
+        raise listen_error(exc, config.host, config.port, host_var="EXPORTER_HOST", port_var="EXPORTER_PORT") from None
     log.info(
         "exporter started",
         extra={
@@ -63,8 +69,10 @@ def main() -> int:
     try:
         stop.wait()
     finally:
+        # Every step gets what is left of the 5 s budget; threads stuck on a frozen database are daemons.
+        stop_at = time.monotonic()
         log.info("exporter stopping")
         server.stop()
-        pool.close(timeout=3)
-        analyses.join(3)
+        pool.close(timeout=max(0.1, min(2.0, stop_at + STOP_DEADLINE_SECONDS - 2.0 - time.monotonic())))
+        analyses.join(max(0.0, stop_at + STOP_DEADLINE_SECONDS - 1.0 - time.monotonic()))
     return 0

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 from services.common.logs import LEVELS
 from services.common.scenarios import DEFAULT_SCENARIO, SCENARIO_NAMES, get_scenario
-from services.common.settings import ConfigError, parse_number, service_conninfo
+from services.common.settings import ConfigError, check_host, parse_number, service_conninfo
 
 APPLICATION_NAME = "demo-generator"
 DEFAULT_USER = "demo_writer"  # the role the generator is meant to run as (INSERT/UPDATE on base tables)
@@ -156,7 +156,8 @@ def parse_config(argv: Sequence[str] | None = None, env: Mapping[str, str] | Non
     name, value = raw(by_env["GENERATOR_DURATION"])
     duration = _positive(name, value) if value is not None else None
 
-    _, http_host = raw(by_env["GENERATOR_HTTP_HOST"])
+    name, http_host = raw(by_env["GENERATOR_HTTP_HOST"])
+    http_host = check_host(name, http_host)
     name, value = raw(by_env["GENERATOR_HTTP_PORT"])
     http_port = parse_number(name, value, int, minimum=0, maximum=65535)
 

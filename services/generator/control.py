@@ -7,6 +7,11 @@
                               a burst requested while paused is still written
   POST /control/resume   200  resumes (idempotent)
 Errors are JSON objects {"error": ..., "detail": ...}; wrong methods get 405 from the ops app.
+
+Every POST must carry `Content-Type: application/json` (415 otherwise; the body may be empty except for
+/control/rate) and is refused (403) when a browser marks it cross-site (Sec-Fetch-Site, Origin): a web page
+cannot drive a generator published on localhost. Bodies are limited to 16 KiB (413); malformed or pathological
+JSON is a 400 (services/common/httpguard.py).
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ import math
 
 from flask import Blueprint, jsonify, request
 
+from services.common import httpguard
 from services.generator.engine import Engine
 
 
@@ -24,6 +30,14 @@ def _bad_request(detail: str):
 
 def control_blueprint(engine: Engine) -> Blueprint:
     bp = Blueprint("control", __name__)
+
+    @bp.before_request
+    def guard():
+        if request.method == "POST":
+            httpguard.refuse_cross_site()
+            httpguard.require_json()
+            httpguard.read_json()  # any body must be well-formed JSON within the limits
+        return None
 
     @bp.get("/control")
     def state():
@@ -36,7 +50,7 @@ def control_blueprint(engine: Engine) -> Blueprint:
 
     @bp.post("/control/rate")
     def rate():
-        body = request.get_json(force=True, silent=True)
+        body = httpguard.read_json()
         if not isinstance(body, dict):
             return _bad_request('expected a JSON object like {"rate": 50}')
         if "rate" not in body:

@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import logging
 import random
+import secrets
 import threading
 import time
 import uuid
@@ -61,9 +62,13 @@ STATEMENT_TIMEOUT_MS = 30_000
 PROGRESS_LOG_SECONDS = 30.0
 STALLED_WRITE_SECONDS = 10.0  # a write in flight longer than this makes /readyz fail
 
+# The run's row is guarded by row-level security (sql/common/meta.sql): it is visible and writable only in a
+# session that set demo.run_token to this run's secret, whose SHA-256 the row keeps as run_key.
+LEDGER_SESSION = "SELECT pg_catalog.set_config('demo.run_token', %s, false)"
 LEDGER_UPSERT = """
-    INSERT INTO demo_meta.generator_progress (run_id, scenario, last_batch, events_committed)
-    VALUES (%s, %s, %s, %s)
+    INSERT INTO demo_meta.generator_progress (run_id, scenario, last_batch, events_committed, run_key)
+    VALUES (%s, %s, %s, %s,
+            pg_catalog.sha256(pg_catalog.convert_to(pg_catalog.current_setting('demo.run_token'), 'UTF8')))
     ON CONFLICT (run_id) DO UPDATE
        SET last_batch = EXCLUDED.last_batch,
            events_committed = EXCLUDED.events_committed,
@@ -103,6 +108,7 @@ class Engine:
         self.scenario = scenario
         self.stop = stop
         self.run_id = run_id or str(uuid.uuid4())
+        self._run_token = secrets.token_urlsafe(32)  # this run's ledger key: never logged, stored or shown
         self.metrics = metrics or GeneratorMetrics(config.scenario, scenario.event_kinds, self.run_id, config.seed)
         self._clock = clock
         self._lock = threading.Lock()
@@ -373,17 +379,26 @@ class Engine:
         with self._lock:
             if self._problem == "starting":
                 self._problem = f"connecting to {describe_conninfo(self.config.conninfo)}"
-        try:
-            conn = connect_with_retry(
-                self.config.conninfo,
-                application_name=APPLICATION_NAME,
-                statement_timeout_ms=STATEMENT_TIMEOUT_MS,
-                give_up_after=None,
-                stop=self.stop,
-                backoff=Backoff(initial=0.2, maximum=5.0),
-            )
-        except psycopg.OperationalError:
-            return None  # stopped while the database was unreachable
+        while True:
+            try:
+                conn = connect_with_retry(
+                    self.config.conninfo,
+                    application_name=APPLICATION_NAME,
+                    statement_timeout_ms=STATEMENT_TIMEOUT_MS,
+                    give_up_after=None,
+                    stop=self.stop,
+                    backoff=Backoff(initial=0.2, maximum=5.0),
+                )
+            except psycopg.OperationalError:
+                return None  # stopped while the database was unreachable
+            try:
+                conn.execute(LEDGER_SESSION, (self._run_token,))
+                conn.commit()  # a session setting: it lasts as long as the connection
+                break
+            except (psycopg.OperationalError, psycopg.InterfaceError):
+                conn.close()
+                if self.stop.is_set():
+                    return None
         if self._ever_connected:
             self.metrics.reconnects.inc()
             log.info("reconnected to the database")

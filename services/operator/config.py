@@ -12,7 +12,15 @@ from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from services.common.logs import LEVELS
 from services.common.scenarios import DEFAULT_SCENARIO, SCENARIO_NAMES, get_scenario
-from services.common.settings import ConfigError, env_choice, env_float, env_int, env_str, service_conninfo
+from services.common.settings import (
+    ConfigError,
+    env_choice,
+    env_float,
+    env_host,
+    env_int,
+    env_str,
+    service_conninfo,
+)
 
 APPLICATION_NAME = "demo-operator"
 DEFAULT_USER = "demo"  # the owner role: it creates, alters and drops stream tables
@@ -62,7 +70,7 @@ def load_config(
     env = dict(os.environ if env is None else env)
     scenario = env_choice("DEMO_SCENARIO", DEFAULT_SCENARIO, SCENARIO_NAMES, env=env)
     log_level = env_choice("LOG_LEVEL", "INFO", LEVELS + tuple(level.lower() for level in LEVELS), env=env).upper()
-    health_host = env_str("OPERATOR_HEALTH_HOST", "0.0.0.0", env=env)  # noqa: S104 - a pod's probe port
+    health_host = env_host("OPERATOR_HEALTH_HOST", "0.0.0.0", env=env)  # noqa: S104 - a pod's probe port
     health_port = env_int("OPERATOR_HEALTH_PORT", 8081, minimum=0, maximum=65535, env=env)
     sync_interval = env_float("OPERATOR_SYNC_INTERVAL", 10.0, minimum=1.0, maximum=3600.0, env=env)
     delete_timeout = env_float("OPERATOR_DELETE_TIMEOUT", 600.0, minimum=0.0, maximum=30 * 86400.0, env=env)

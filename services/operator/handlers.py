@@ -7,6 +7,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
@@ -15,7 +16,7 @@ import psycopg
 from psycopg_pool import ConnectionPool, PoolTimeout
 
 from services.common.db import make_pool
-from services.operator import reconcile
+from services.operator import health, reconcile
 from services.operator.config import APPLICATION_NAME, OperatorConfig
 from services.operator.reconcile import Outcome
 from services.operator.spec import FINALIZER, GROUP, PLURAL, VERSION, SpecError, StreamTableSpec, parse_spec
@@ -60,13 +61,25 @@ class Databases:
         with self.pool(database).connection(timeout=self.connect_wait) as conn:
             yield conn
 
-    def run(self, database: str | None, work: Callable[[psycopg.Connection], Outcome], *, managed: bool) -> Outcome:
-        """Runs `work` on a pooled connection; an unreachable database becomes a retryable problem."""
+    def run(
+        self,
+        database: str | None,
+        work: Callable[[psycopg.Connection], Outcome],
+        *,
+        managed: bool,
+        suspended_by_operator: bool = False,
+    ) -> Outcome:
+        """Runs `work` on a pooled connection; an unreachable database becomes a retryable problem (and
+        nothing was done: `managed` and `suspended_by_operator` are returned as they were)."""
         try:
             with self.connection(database) as conn:
                 return work(conn)
         except (PoolTimeout, psycopg.OperationalError) as exc:
-            return Outcome(managed=managed, problem=self.diagnose(database, exc))
+            return Outcome(
+                managed=managed,
+                suspended_by_operator=suspended_by_operator,
+                problem=self.diagnose(database, exc),
+            )
 
     def diagnose(self, database: str | None, exc: BaseException) -> reconcile.Problem:
         """Why no connection could be had: the pool only says it timed out, so one direct attempt fetches
@@ -103,6 +116,59 @@ class Databases:
             for pool in self._pools.values():
                 pool.close(timeout=2)
             self._pools.clear()
+
+
+@dataclass
+class Ownership:
+    """What this process last decided about one resource, kept in kopf's per-resource memo.
+
+    kopf runs a resource's timer concurrently with its change handlers, and hands each the body as last
+    seen on the watch stream, which lags behind the handlers' own status patches (and the timer's patch
+    lands whenever it is sent). kopf may even run a change handler again on a stale body: it waits for
+    the resourceVersion of its own patch for settings.persistence.consistency_timeout (5 s) only, then
+    assumes consistency (kopf/_core/reactor/processing.py). A status snapshot is therefore no authority
+    on ownership: read from one that predates a handler's patch (or written back from one), `managed` and
+    `suspendedByOperator` could be lost (a stream table this resource created would then be "adopted"
+    again, or left behind on delete; a table the operator suspended would never be resumed). So the
+    change handlers record here, under `lock`, the generation they work on and the ownership they
+    decided, and skip a body older than that generation; the timer holds the same lock while it works,
+    skips a tick whose snapshot is of another generation, and takes ownership from here. Only the change
+    handlers write observedGeneration, managed, specApplied and suspendedByOperator (the timer writes the
+    last only when it re-created a vanished table itself). After a restart (empty memo) the resource's
+    status is the record, as the resume handler reads it.
+    """
+
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    generation: int | None = None  # the generation the change handlers last worked on (None: not yet)
+    managed: bool | None = None
+    suspended_by_operator: bool | None = None
+    applied: bool | None = None  # the last spec change was applied without a problem
+
+    def known(self, status: Mapping[str, Any]) -> tuple[bool, bool, bool]:
+        """(managed, suspended_by_operator, applied): this record's, else the resource's status."""
+        return (
+            bool(status.get("managed", False)) if self.managed is None else self.managed,
+            bool(status.get("suspendedByOperator", False))
+            if self.suspended_by_operator is None
+            else self.suspended_by_operator,
+            bool(status.get("specApplied", True)) if self.applied is None else self.applied,
+        )
+
+
+_OWNERSHIP_LOCK = threading.Lock()
+
+
+def _older(generation: Any, than: Any) -> bool:
+    return isinstance(generation, int) and isinstance(than, int) and generation < than
+
+
+def ownership(memo: Any) -> Ownership:
+    """The resource's Ownership record (created on first use; sync handlers run in several threads)."""
+    with _OWNERSHIP_LOCK:
+        record = getattr(memo, "ownership", None)
+        if record is None:
+            record = memo.ownership = Ownership()
+        return record
 
 
 def make_settings() -> kopf.OperatorSettings:
@@ -201,10 +267,10 @@ def removal(
 def build_registry(
     config: OperatorConfig, databases: Databases, *, login: Callable[..., Any] | None = None
 ) -> kopf.OperatorRegistry:
-    """The operator's handlers. `login`: how to reach the Kubernetes API; by default kopf.login_via_client
-    (the pod's service account in a cluster, else the kubeconfig), what `kopf run` would pick."""
+    """The operator's handlers. `login`: how to reach the Kubernetes API; by default kopf's own handlers (the
+    pod's service account in a cluster, else the kubeconfig: services/operator/health.py, login)."""
     registry = kopf.OperatorRegistry()
-    kopf.on.login(registry=registry)(login or kopf.login_via_client)
+    kopf.on.login(registry=registry)(login or health.login)
     on = {"group": GROUP, "version": VERSION, "plural": PLURAL, "registry": registry}
     retry_delay = config.sync_interval
     snapshots = reconcile.StatusSnapshots(max_age=config.sync_interval)
@@ -228,7 +294,16 @@ def build_registry(
             conditions, status.get("conditions"), meta.get("generation"), now
         )
 
-    def write(patch: kopf.Patch, desired: StreamTableSpec, outcome: Outcome, meta: Mapping, status: Mapping) -> None:
+    def write(
+        patch: kopf.Patch,
+        desired: StreamTableSpec,
+        outcome: Outcome,
+        meta: Mapping,
+        status: Mapping,
+        *,
+        leave: tuple[str, ...] = (),
+    ) -> None:
+        """Patches .status with what `outcome` says, except the keys in `leave`."""
         new = reconcile.build_status(
             desired,
             outcome,
@@ -238,7 +313,8 @@ def build_registry(
             now=_now(),
         )
         for key, value in new.items():
-            patch.status[key] = value
+            if key not in leave:
+                patch.status[key] = value
 
     @kopf.index(**on, id="owners")
     def owners(name, status, **_):
@@ -250,30 +326,48 @@ def build_registry(
     @kopf.on.create(**on)
     @kopf.on.update(**on, field="spec")
     @kopf.on.resume(**on)
-    def apply_spec(body, spec, meta, status, patch, owners: kopf.Index, **_):
+    def apply_spec(body, spec, meta, status, patch, memo, owners: kopf.Index, **_):
         """Create / alter / replace / suspend / resume so that the stream table matches the spec."""
-        try:
-            desired = parse_spec(spec, meta["name"])
-        except SpecError as exc:
-            invalid(body, meta, status, patch, exc)
-            return
-        managed = bool(status.get("managed", False))
+        record = ownership(memo)
+        with record.lock:
+            generation = meta.get("generation")
+            if _older(generation, record.generation):
+                # a stale body (kopf may re-run a handler on one, see Ownership): its spec is superseded
+                log.info(
+                    "skipped generation %s of %s: generation %s was handled already",
+                    generation,
+                    meta.get("name"),
+                    record.generation,
+                )
+                return
+            record.generation = generation
+            try:
+                desired = parse_spec(spec, meta["name"])
+            except SpecError as exc:
+                record.applied = False
+                invalid(body, meta, status, patch, exc)
+                return
+            managed, suspended_by_operator, _ = record.known(status)
 
-        def claimed_by(qualified_name: str) -> str | None:
-            others = [n for n in owners.get((database_of(desired), qualified_name), []) if n != meta["name"]]
-            return others[0] if others else None
+            def claimed_by(qualified_name: str) -> str | None:
+                others = [n for n in owners.get((database_of(desired), qualified_name), []) if n != meta["name"]]
+                return others[0] if others else None
 
-        outcome = databases.run(
-            desired.database,
-            lambda conn: reconcile.apply(
-                conn,
-                desired,
+            outcome = databases.run(
+                desired.database,
+                lambda conn: reconcile.apply(
+                    conn,
+                    desired,
+                    managed=managed,
+                    suspended_by_operator=suspended_by_operator,
+                    claimed_by=claimed_by,
+                ),
                 managed=managed,
-                suspended_by_operator=bool(status.get("suspendedByOperator", False)),
-                claimed_by=claimed_by,
-            ),
-            managed=managed,
-        )
+                suspended_by_operator=suspended_by_operator,
+            )
+            record.managed = outcome.managed
+            record.suspended_by_operator = outcome.suspended_by_operator
+            record.applied = outcome.problem is None
         write(patch, desired, outcome, meta, status)
         # False until this generation is applied: the status timer then leaves Ready/Degraded to this handler
         patch.status["specApplied"] = outcome.problem is None
@@ -283,9 +377,21 @@ def build_registry(
             raise kopf.TemporaryError(outcome.problem.message, delay=retry_delay)
 
     @kopf.timer(**on, interval=config.sync_interval, initial_delay=config.sync_interval, idle=None)
-    def sync_status(body, spec, meta, status, patch, **_):
+    def sync_status(body, spec, meta, status, patch, memo, **_):
         """Status from pgt_status every OPERATOR_SYNC_INTERVAL; re-creates a managed table that vanished."""
-        if status.get("observedGeneration") != meta.get("generation"):
+        record = ownership(memo)
+        if not record.lock.acquire(blocking=False):
+            return  # a change handler is at work on this resource: its status patch is the newer one
+        try:
+            sync_locked(body, spec, meta, status, patch, record)
+        finally:
+            record.lock.release()
+
+    def sync_locked(body, spec, meta, status, patch, record: Ownership) -> None:
+        generation = meta.get("generation")
+        if record.generation is not None and record.generation != generation:
+            return  # this snapshot is of another generation than the change handlers last worked on
+        if record.generation is None and status.get("observedGeneration") != generation:
             return  # the change handlers have not finished with this generation: leave the status to them
         try:
             desired = parse_spec(spec, meta["name"])
@@ -293,28 +399,33 @@ def build_registry(
             return
         # The last spec change failed (bad query, name conflict, missing dependency...): its handler owns
         # Ready/Degraded and the table; the timer only refreshes the engine's figures and Stale.
-        applied = bool(status.get("specApplied", True))
-        managed = bool(status.get("managed", False))
+        managed, suspended_by_operator, applied = record.known(status)
         outcome = databases.run(
             desired.database,
             lambda conn: reconcile.sync(
                 conn,
                 desired,
                 managed=managed,
-                suspended_by_operator=bool(status.get("suspendedByOperator", False)),
+                suspended_by_operator=suspended_by_operator,
                 recreate=applied,
                 status_lookup=lambda c, table: snapshots.lookup(database_of(desired), c, table),
             ),
             managed=managed,
+            suspended_by_operator=suspended_by_operator,
         )
         if outcome.problem is not None and outcome.problem.reason in ("DatabaseUnavailable", "Timeout"):
             # keep the last known engine figures; only the conditions say the database is unreachable or slow
             conditions = reconcile.conditions(desired, outcome, _now())
             patch.status["conditions"] = reconcile.merge_conditions(
-                conditions, status.get("conditions"), meta.get("generation"), _now()
+                conditions, status.get("conditions"), generation, _now()
             )
         else:
-            write(patch, desired, outcome, meta, status)
+            # ownership is the change handlers' to write (see Ownership): this snapshot may predate theirs
+            write(patch, desired, outcome, meta, status, leave=("observedGeneration", "managed", "suspendedByOperator"))
+            if outcome.suspended_by_operator != suspended_by_operator:
+                # re-created a vanished table (and suspended it per spec.suspend): this timer decided it
+                record.suspended_by_operator = outcome.suspended_by_operator
+                patch.status["suspendedByOperator"] = outcome.suspended_by_operator
             if not applied:
                 kept = {
                     c.get("type"): c for c in status.get("conditions", []) if c.get("type") in ("Ready", "Degraded")
@@ -323,19 +434,22 @@ def build_registry(
         _report(body, outcome, status)
 
     @kopf.on.delete(**on)
-    def remove(body, spec, meta, status, patch, runtime, **_):
+    def remove(body, spec, meta, status, patch, runtime, memo, **_):
         """The finalizer: drop the stream table (deletionPolicy Delete) or keep it (Retain)."""
         try:
             desired = parse_spec(spec, meta["name"])
         except SpecError:
             return  # nothing was ever created from an invalid spec
-        outcome = removal(
-            databases,
-            desired,
-            managed=bool(status.get("managed", False)),
-            waited=runtime.total_seconds(),
-            timeout=config.delete_timeout,
-        )
+        record = ownership(memo)
+        with record.lock:
+            managed, _, _ = record.known(status)
+            outcome = removal(
+                databases,
+                desired,
+                managed=managed,
+                waited=runtime.total_seconds(),
+                timeout=config.delete_timeout,
+            )
         _report(body, outcome, status)
         if outcome.problem is not None:
             problem = outcome.problem

@@ -182,8 +182,11 @@ def definition_matches(spec: StreamTableSpec, table: pgtrickle.StreamTable) -> b
 
 
 def _lock(conn: psycopg.Connection, name: str) -> None:
-    """Serialises reconciliations of one name (handlers, timers, a second operator) for this transaction."""
-    conn.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", (f"pgtrickle-operator:{name}",))
+    """Serialises reconciliations of one name (handlers, timers, a second operator) for this transaction: a
+    row lock in demo_meta.operator_locks (sql/common/meta.sql), which only the owner role may take; an
+    advisory key could be held by any role, the read-only ones included."""
+    conn.execute("INSERT INTO demo_meta.operator_locks (name) VALUES (%s) ON CONFLICT (name) DO NOTHING", (name,))
+    conn.execute("SELECT 1 FROM demo_meta.operator_locks WHERE name = %s FOR UPDATE", (name,))
 
 
 def _create(conn: psycopg.Connection, spec: StreamTableSpec) -> None:

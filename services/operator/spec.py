@@ -1,6 +1,6 @@
 """The StreamTable custom resource: its API coordinates and its spec, validated and normalised.
 
-The CRD (helm/pg-trickle-demo/crds/streamtables.pgtrickle.io.yaml) validates the same rules at admission;
+The CRD (helm/pg-trickle-demo/files/crds/streamtables.pgtrickle.io.yaml) validates the same rules at admission;
 these checks keep the operator safe when it is handed something the API server did not validate.
 """
 

@@ -177,18 +177,45 @@ CREATE TABLE pgtrickle.emulator_stats (
     sum_duration_ms  double precision NOT NULL DEFAULT 0
 );
 
--- The scheduler session holds this advisory lock (two int4 keys) while CALL pgtrickle.emulator_run() runs.
-CREATE FUNCTION pgtrickle.emulator_lock_keys(OUT key1 integer, OUT key2 integer)
-LANGUAGE sql IMMUTABLE AS $$ SELECT 7461, 1 $$;
+-- Scheduler and refresh locks are row locks, never advisory locks: any role may take any advisory lock
+-- key, so a read-only role holding the scheduler's key (or a table's) could stall the whole DAG (issue 14).
+-- Locking a row (SELECT ... FOR UPDATE / FOR SHARE) needs UPDATE privilege on its table, which only the
+-- owner role (and superusers) hold on the pgtrickle catalog; readers have SELECT only.
+--   - one refresh of a stream table at a time: its pgt_stream_tables row, FOR NO KEY UPDATE SKIP LOCKED,
+--     held to the end of the refreshing transaction (pg_trickle 0.67 takes a row lock on the same row,
+--     FOR UPDATE SKIP LOCKED, besides an advisory one: src/api/refresh_ops.rs, refresh_stream_table_impl,
+--     "PB1 row-lock");
+--   - one scheduler per database: a lease row naming the scheduler's backend (pid and backend start),
+--     claimed under a row lock; a lease whose backend is gone is free. A session lock cannot be a row lock
+--     (the scheduler commits after every refresh), hence the lease.
+CREATE TABLE pgtrickle.emulator_scheduler (
+    singleton      boolean PRIMARY KEY DEFAULT true CHECK (singleton),
+    pid            integer,
+    backend_start  timestamptz,
+    claimed_at     timestamptz
+);
+INSERT INTO pgtrickle.emulator_scheduler DEFAULT VALUES;
 
+-- True when the lease names a live backend of this database (another role's backend_start is hidden from
+-- non-superusers: such a lease counts as live).
 CREATE FUNCTION pgtrickle.emulator_scheduler_running() RETURNS boolean
 LANGUAGE sql STABLE AS $$
     SELECT EXISTS (
-        SELECT 1 FROM pg_catalog.pg_locks l, pgtrickle.emulator_lock_keys() k
-         WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 2
-           AND l.database = (SELECT oid FROM pg_catalog.pg_database WHERE datname = current_database())
-           AND l.classid = k.key1::oid AND l.objid = k.key2::oid)
+        SELECT 1 FROM pgtrickle.emulator_scheduler s
+          JOIN pg_catalog.pg_stat_activity a ON a.pid = s.pid
+         WHERE a.datname = pg_catalog.current_database()
+           AND (a.backend_start IS NULL OR a.backend_start = s.backend_start))
 $$;
+
+-- Takes a stream table's refresh lock for the rest of the transaction; false when another transaction
+-- holds it (a refresh, or a change of the table's catalog row in progress).
+CREATE FUNCTION pgtrickle.emulator_try_refresh_lock(p_pgt_id bigint) RETURNS boolean
+LANGUAGE plpgsql AS $$
+BEGIN
+    -- NO KEY UPDATE: foreign keys to the row (history rows being inserted) take KEY SHARE and pass.
+    PERFORM 1 FROM pgtrickle.pgt_stream_tables WHERE pgt_id = p_pgt_id FOR NO KEY UPDATE SKIP LOCKED;
+    RETURN FOUND;
+END $$;
 
 CREATE FUNCTION pgtrickle.version() RETURNS text
 LANGUAGE sql STABLE AS $$
@@ -440,9 +467,11 @@ LANGUAGE sql STABLE AS $$
      GROUP BY refs.relid, c.relkind
 $$;
 
--- Change capture triggers (SECURITY DEFINER: a writer role with INSERT/UPDATE rights only fires them).
+-- Change capture triggers (SECURITY DEFINER: a writer role with INSERT/UPDATE rights only fires them). Their
+-- search_path is pg_catalog, then pg_temp explicitly last: pgtrickle is writable by the owner role, and
+-- every name of another schema is written out (issue 14).
 CREATE FUNCTION pgtrickle.emulator_capture_new() RETURNS trigger
-LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pgtrickle AS $$
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     n bigint;
 BEGIN
@@ -457,7 +486,7 @@ BEGIN
 END $$;
 
 CREATE FUNCTION pgtrickle.emulator_capture_old() RETURNS trigger
-LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pgtrickle AS $$
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     n bigint;
 BEGIN
@@ -472,7 +501,7 @@ BEGIN
 END $$;
 
 CREATE FUNCTION pgtrickle.emulator_capture_truncate() RETURNS trigger
-LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pgtrickle AS $$
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
     -- TRUNCATE has no transition table: count it as one change of unknown size (rows not counted).
     INSERT INTO pgtrickle.emulator_source_changes AS c (source_relid, change_seq, changed_rows)
@@ -996,7 +1025,7 @@ BEGIN
     -- a NOTICE, as pg_trickle's); the scheduler records the table as skipped and tries again on a later
     -- tick. The lock is held until the transaction ends, and every statement below reads a snapshot taken
     -- after it was granted.
-    IF NOT pg_try_advisory_xact_lock((pgtrickle.emulator_lock_keys()).key1 + 1, h.pgt_id::integer) THEN
+    IF NOT pgtrickle.emulator_try_refresh_lock(h.pgt_id) THEN
         IF NOT p_catch THEN
             RAISE EXCEPTION 'refresh of stream table % is already in progress',
                 (SELECT format('%s.%s', pgt_schema, pgt_name) FROM pgtrickle.pgt_stream_tables WHERE pgt_id = h.pgt_id)
@@ -1085,7 +1114,7 @@ LANGUAGE plpgsql AS $$
 DECLARE
     started timestamptz := now();
 BEGIN
-    IF NOT pg_try_advisory_xact_lock((pgtrickle.emulator_lock_keys()).key1 + 1, p_pgt_id::integer) THEN
+    IF NOT pgtrickle.emulator_try_refresh_lock(p_pgt_id) THEN
         RETURN;  -- a refresh of this table is running: it records the outcome, nothing to add
     END IF;
     INSERT INTO pgtrickle.pgt_refresh_history
@@ -1208,7 +1237,7 @@ END $$;
 CREATE PROCEDURE pgtrickle.emulator_run(tick_interval_ms integer DEFAULT 500, max_ticks integer DEFAULT NULL)
 LANGUAGE plpgsql AS $$
 DECLARE
-    keys record;
+    lease record;
     ticks integer := 0;
     item record;
     action text;
@@ -1218,11 +1247,16 @@ BEGIN
     IF tick_interval_ms IS NULL OR tick_interval_ms < 10 THEN
         RAISE EXCEPTION 'tick_interval_ms must be at least 10' USING ERRCODE = 'invalid_parameter_value';
     END IF;
-    keys := pgtrickle.emulator_lock_keys();
-    IF NOT pg_try_advisory_lock(keys.key1, keys.key2) THEN
+    -- Claim the lease under its row lock (claims are serialised; the lease row is never locked for longer).
+    SELECT * INTO lease FROM pgtrickle.emulator_scheduler FOR UPDATE;
+    IF lease.pid IS DISTINCT FROM pg_catalog.pg_backend_pid() AND pgtrickle.emulator_scheduler_running() THEN
         RAISE EXCEPTION 'another emulator scheduler is running in database %', current_database()
             USING ERRCODE = 'lock_not_available';
     END IF;
+    UPDATE pgtrickle.emulator_scheduler
+       SET pid = pg_catalog.pg_backend_pid(), claimed_at = pg_catalog.clock_timestamp(),
+           backend_start = (SELECT a.backend_start FROM pg_catalog.pg_stat_activity a
+                             WHERE a.pid = pg_catalog.pg_backend_pid());
     COMMIT;
     LOOP
         pass_started := clock_timestamp();
@@ -1247,7 +1281,8 @@ BEGIN
         -- a full sleep.
         PERFORM pg_sleep(greatest(0, tick_interval_ms / 1000.0 - extract(epoch FROM clock_timestamp() - pass_started)));
     END LOOP;
-    PERFORM pg_advisory_unlock(keys.key1, keys.key2);
+    UPDATE pgtrickle.emulator_scheduler SET pid = NULL, backend_start = NULL, claimed_at = NULL
+     WHERE pid = pg_catalog.pg_backend_pid();
 END $$;
 
 -- (Re)records a stream table's sources from its probe view: dependencies, change capture on each table,
@@ -1829,7 +1864,7 @@ BEGIN
             USING ERRCODE = 'invalid_parameter_value',
                   HINT = 'See docs/SQL_REFERENCE.md for valid parameter values and syntax.';
     END IF;
-    IF NOT pg_try_advisory_xact_lock((pgtrickle.emulator_lock_keys()).key1 + 1, st.pgt_id::integer) THEN
+    IF NOT pgtrickle.emulator_try_refresh_lock(st.pgt_id) THEN
         RAISE NOTICE 'refresh skipped: %.% — another refresh is already in progress', st.pgt_schema, st.pgt_name;
         RETURN;
     END IF;

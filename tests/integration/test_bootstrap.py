@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import uuid
 
 import psycopg
 import pytest
@@ -84,7 +85,7 @@ def test_second_bootstrap_changes_nothing(demo_db, engine_server, capsys):
 
 def test_another_database_on_the_same_server_leaves_the_first_intact(demo_db):
     first = demo_db("ecommerce")
-    with psycopg.connect(first.writer_url) as conn:  # make the first database differ from a fresh one
+    with psycopg.connect(first.owner_url) as conn:  # make the first database differ from a fresh one
         conn.execute("INSERT INTO public.categories (name) VALUES ('Only in the first database')")
     before = _counts(first.owner_url, "ecommerce")
     second = demo_db("ecommerce")
@@ -113,17 +114,33 @@ def test_reader_reads_stream_tables_and_catalog_only(demo_db):
                 conn.execute(statement)
 
 
-def test_writer_writes_base_tables_only(demo_db):
+def test_writer_writes_exactly_the_generators_columns(demo_db):
+    """Issue 14, finding 7: demo_writer INSERTs and UPDATEs only the columns the ecommerce generator writes
+    (scenario.toml [writer]); before, it could UPDATE any column of orders (generator_run_id and
+    generator_seq, the exactly-once evidence included), products.base_price, and INSERT into lookups."""
     db = demo_db("ecommerce")
     with psycopg.connect(db.writer_url, autocommit=True) as conn:
-        conn.execute("INSERT INTO categories (name) VALUES ('Writer test category')")
-        conn.execute("UPDATE categories SET name = name WHERE name = 'Writer test category'")
+        customer, product = conn.execute(
+            "SELECT (SELECT min(id) FROM customers), (SELECT min(product_id) FROM product_catalog)"
+        ).fetchone()
         conn.execute(
-            "INSERT INTO demo_meta.generator_progress (run_id, scenario, last_batch, events_committed)"
-            " VALUES (gen_random_uuid(), 'ecommerce', 1, 1)"
+            "INSERT INTO orders (customer_id, product_id, quantity, unit_price, generator_run_id, generator_seq)"
+            " VALUES (%s, %s, 1, 9.99, gen_random_uuid(), 1)",
+            (customer, product),
+        )
+        conn.execute(
+            "UPDATE product_catalog SET current_price = current_price, updated_at = now() WHERE product_id = %s",
+            (product,),
         )
         for statement in (
-            "DELETE FROM categories WHERE name = 'Writer test category'",
+            "INSERT INTO categories (name) VALUES ('Writer test category')",
+            "INSERT INTO customers (name, country) VALUES ('Intruder', 'FR')",
+            "UPDATE orders SET generator_run_id = gen_random_uuid()",
+            "UPDATE orders SET generator_seq = generator_seq + 1",
+            "UPDATE orders SET quantity = 99",
+            "UPDATE products SET base_price = 0.01",
+            "UPDATE product_catalog SET product_id = product_id",
+            "DELETE FROM orders",
             "SELECT count(*) FROM category_revenue",
             "SELECT * FROM pgtrickle.pgt_stream_tables",
             "CREATE TABLE public.intruder (x int)",
@@ -131,6 +148,79 @@ def test_writer_writes_base_tables_only(demo_db):
         ):
             with pytest.raises(psycopg.errors.InsufficientPrivilege):
                 conn.execute(statement)
+
+
+def _ledger_session(url: str, token: str) -> psycopg.Connection:
+    conn = psycopg.connect(url, autocommit=True)
+    conn.execute("SELECT set_config('demo.run_token', %s, false)", (token,))
+    return conn
+
+
+LEDGER_INSERT = """INSERT INTO demo_meta.generator_progress (run_id, scenario, last_batch, events_committed, run_key)
+                   VALUES (%s, 'ecommerce', 1, 10, sha256(convert_to(current_setting('demo.run_token'), 'UTF8')))"""
+
+
+def test_writer_reads_and_writes_only_its_own_runs_ledger_row(demo_db):
+    """Issue 14, finding 7: a run's ledger row is keyed by the SHA-256 of the run's secret (row-level
+    security); before, demo_writer could read and UPDATE every run's row."""
+    db = demo_db("ecommerce")
+    mine, theirs = str(uuid.uuid4()), str(uuid.uuid4())
+    with _ledger_session(db.writer_url, "their-secret") as other:
+        other.execute(LEDGER_INSERT, (theirs,))
+    with _ledger_session(db.writer_url, "my-secret") as conn:
+        conn.execute(LEDGER_INSERT, (mine,))
+        conn.execute("UPDATE demo_meta.generator_progress SET last_batch = 2 WHERE run_id = %s", (mine,))
+        visible = [str(r[0]) for r in conn.execute("SELECT run_id FROM demo_meta.generator_progress")]
+        assert visible == [mine]
+        changed = conn.execute(
+            "UPDATE demo_meta.generator_progress SET last_batch = 99, events_committed = 0 WHERE run_id = %s",
+            (theirs,),
+        ).rowcount
+        assert changed == 0
+        with pytest.raises(psycopg.errors.InsufficientPrivilege):  # a row under someone else's key
+            conn.execute(
+                "INSERT INTO demo_meta.generator_progress (run_id, scenario, last_batch, events_committed, run_key)"
+                " VALUES (gen_random_uuid(), 'ecommerce', 1, 1, sha256('their-secret'))"
+            )
+        with pytest.raises(psycopg.errors.InsufficientPrivilege):  # taking over a row by upsert
+            conn.execute(LEDGER_INSERT + " ON CONFLICT (run_id) DO UPDATE SET last_batch = 99", (theirs,))
+        with pytest.raises(psycopg.errors.InsufficientPrivilege):
+            conn.execute("DELETE FROM demo_meta.generator_progress")
+    with psycopg.connect(db.writer_url, autocommit=True) as anonymous:  # no secret set: sees nothing
+        assert anonymous.execute("SELECT count(*) FROM demo_meta.generator_progress").fetchone()[0] == 0
+    with psycopg.connect(db.admin_url) as admin:
+        rows = dict(admin.execute("SELECT run_id::text, last_batch FROM demo_meta.generator_progress").fetchall())
+    assert rows == {mine: 2, theirs: 1}
+
+
+def test_service_roles_cannot_connect_to_maintenance_databases_when_private(pg_server, engine_server):
+    """Issue 14, finding 7: with private_maintenance_databases (the chart's StatefulSet, compose, make
+    preview: the demo's own server), CONNECT on postgres and template1 is revoked from PUBLIC."""
+    if engine_server[1] != "emulator":
+        pytest.skip("changes the maintenance databases of the server: the local test server only")
+    database = f"ecommerce_maint_{os.getpid()}"
+    lines: list[str] = []
+    try:
+        bootstrap(
+            engine_server[0],
+            get_scenario("ecommerce"),
+            "emulator",
+            PASSWORDS,
+            database=database,
+            report=lines.append,
+            private_maintenance_databases=True,
+        )
+        assert any("CONNECT revoked from PUBLIC" in line for line in lines)
+        for role, password in (("demo_writer", PASSWORDS.writer), ("demo_reader", PASSWORDS.reader)):
+            for maintenance in ("postgres", "template1"):
+                with pytest.raises(psycopg.OperationalError, match="permission denied for database"):
+                    psycopg.connect(pg_server.url(maintenance, role, password), connect_timeout=5).close()
+            psycopg.connect(pg_server.url(database, role, password), connect_timeout=5).close()
+    finally:
+        with psycopg.connect(engine_server[0], autocommit=True) as conn:  # the shared server, as it was
+            for maintenance in ("postgres", "template1"):
+                conn.execute(sql.SQL("GRANT CONNECT ON DATABASE {} TO PUBLIC").format(sql.Identifier(maintenance)))
+        _drop_database(engine_server[0], database)
 
 
 def test_owner_can_manage_stream_tables(demo_db):

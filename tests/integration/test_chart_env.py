@@ -19,15 +19,8 @@ import pytest
 from psycopg import sql
 
 from devenv.postgres import free_port
-from tests.deploy_support import chart_values, containers, render_objects, workload
+from tests.deploy_support import chart_env
 from tests.support import ROOT, TEST_PASSWORDS
-
-SECRET_VALUES = {
-    "postgres-password": "unused-superuser-is-trusted-on-loopback",
-    "demo-password": TEST_PASSWORDS["DEMO_PASSWORD"],
-    "demo-writer-password": TEST_PASSWORDS["DEMO_WRITER_PASSWORD"],
-    "demo-reader-password": TEST_PASSWORDS["DEMO_READER_PASSWORD"],
-}
 
 
 @pytest.fixture(scope="module")
@@ -38,22 +31,6 @@ def image_root(tmp_path_factory):
     shutil.copytree(ROOT / "services", app / "services", ignore=ignore)
     shutil.copytree(ROOT / "sql", app / "sql", ignore=ignore)
     return app
-
-
-def chart_env(kind: str, component: str, scenario: str) -> dict[str, str]:
-    objects = render_objects(chart_values("values.yaml", f"values-{scenario}.yaml"))
-    (container,) = containers(workload(objects, kind, component))
-    env = {}
-    for entry in container["env"]:
-        if "value" in entry:
-            env[entry["name"]] = entry["value"]
-        elif "secretKeyRef" in entry.get("valueFrom", {}):
-            env[entry["name"]] = SECRET_VALUES[entry["valueFrom"]["secretKeyRef"]["key"]]
-        elif entry.get("valueFrom", {}).get("fieldRef", {}).get("fieldPath") == "metadata.namespace":
-            env[entry["name"]] = "pgtd"  # the downward API: the pod's namespace
-        else:
-            pytest.fail(f"unexpected env source {entry}")
-    return env
 
 
 def run_service(image_root, name: str, env: dict[str, str], timeout: float = 120) -> subprocess.CompletedProcess:
@@ -91,6 +68,8 @@ def test_bootstrap_and_generator_run_with_the_charts_environment(pg_server, imag
         env = chart_env("Job", "bootstrap", scenario)
         assert env["DEMO_SCENARIO"] == scenario and env["PGUSER"] == "postgres"
         env.update(local, DEMO_ENGINE="emulator", DEMO_DATABASE=database, BOOTSTRAP_CONNECT_TIMEOUT="10")
+        assert env["BOOTSTRAP_PRIVATE_MAINTENANCE_DATABASES"] == "true"  # the chart's StatefulSet is its own server
+        env["BOOTSTRAP_PRIVATE_MAINTENANCE_DATABASES"] = "false"  # the test suite's shared server is not
         boot = run_service(image_root, "bootstrap", env)
         assert boot.returncode == 0, boot.stdout + boot.stderr
 

@@ -16,6 +16,7 @@ from decimal import Decimal
 
 import psycopg
 import pytest
+from psycopg import sql
 
 from devenv.postgres import LocalPostgres, free_port
 from services.bootstrap.core import RolePasswords, bootstrap
@@ -150,7 +151,6 @@ def test_control_api_over_http(demo_db):
             ("this is not json", "application/json"),
             ("{}", "application/json"),
             ('{"rate": 5001}', "application/json"),
-            ("rate=5", "text/plain"),
         ]:
             status, answer = gen.http("POST", "/control/rate", body, content_type)
             assert status == 400, (body, answer)
@@ -201,19 +201,27 @@ def test_control_api_over_http(demo_db):
 
 
 @pytest.mark.slow
-def test_database_restart_loses_and_duplicates_nothing():
-    """A dedicated server, stopped and started under a running generator."""
+@pytest.mark.parametrize("shutdown", ["fast", "immediate"])
+def test_database_restart_loses_and_duplicates_nothing(shutdown):
+    """A dedicated, durable server (fsync and synchronous_commit on) stopped and started under a running
+    generator: a fast shutdown, and an immediate one (a crash: no checkpoint, recovery from WAL at start).
+    Every event the generator counted as committed is in the database afterwards, exactly once (issue 14,
+    finding 6: on the harness's default server, synchronous_commit = off, a crash lost 100-200 of them)."""
     passwords = RolePasswords(
         TEST_PASSWORDS["DEMO_PASSWORD"], TEST_PASSWORDS["DEMO_WRITER_PASSWORD"], TEST_PASSWORDS["DEMO_READER_PASSWORD"]
     )
-    with LocalPostgres() as server:
+    with LocalPostgres(durable=True) as server:
         bootstrap(server.admin_url, get_scenario("ecommerce"), "emulator", passwords, report=lambda line: None)
         admin_url = server.url("ecommerce_demo")
+        with psycopg.connect(admin_url) as conn:
+            settings = [conn.execute(f"SHOW {name}").fetchone()[0] for name in ("fsync", "synchronous_commit")]
+        assert settings == ["on", "on"]
         writer_url = server.url("ecommerce_demo", "demo_writer", passwords.writer)
         with GeneratorProcess(writer_url, "--rate 1000 --burst-interval 1 --slow-change-every 0") as gen:
             run_id = gen.wait_ready()["run_id"]
             wait_until(lambda: order_count(admin_url, run_id) > 500, 10, "no rows before the restart")
-            server.stop()  # fast shutdown: the generator's connection dies, possibly mid-COPY or mid-COMMIT
+            # The generator's connection dies, possibly mid-COPY or mid-COMMIT.
+            server.stop(shutdown)
             wait_until(lambda: gen.http("GET", "/readyz")[0] == 503, 5, "still ready while the database is down")
             time.sleep(2)
             server.start()
@@ -235,8 +243,12 @@ def test_database_restart_loses_and_duplicates_nothing():
 
 @pytest.mark.slow
 def test_killed_connections_lose_and_duplicate_nothing(demo_db):
-    """The generator's backend is terminated again and again, at whatever point of a batch it is."""
+    """The generator's backend is terminated again and again, at whatever point of a batch it is. The
+    server keeps running (no crash), so the shared test server's fsync = off loses nothing here; commits
+    are still synchronous (a commit is acknowledged once its WAL is written), as in production."""
     db = demo_db()
+    with psycopg.connect(db.admin_url, autocommit=True) as admin:
+        admin.execute(sql.SQL("ALTER DATABASE {} SET synchronous_commit = on").format(sql.Identifier(db.database)))
     with GeneratorProcess(db.writer_url, "--rate 5000 --burst-interval 0.5 --slow-change-every 0") as gen:
         run_id = gen.wait_ready()["run_id"]
         kills = 0

@@ -222,7 +222,20 @@ async def test_operator_against_kmock(k8s: Emulator, ecommerce, caplog):
             assert table("broken") is not None  # deletionPolicy: Retain
             assert table("busiest") is None and table("upstream_counts") is None
 
-            events = [o.raw for (res, _, _), o in k8s.objects.items() if res == kmock_lib.resource("v1/events")]
+            def all_events() -> list[dict]:
+                return [o.raw for (res, _, _), o in k8s.objects.items() if res == kmock_lib.resource("v1/events")]
+
+            def involved(event: dict) -> tuple:
+                return (event.get("involvedObject", {}).get("name"), event.get("reason"))
+
+            # kopf.event only queues an Event; kopf's poster task (kopf/_core/engines/posting.py, poster) sends it
+            # later, so the last deletions' Events may arrive after their resources are released (polled on the
+            # loop, not in a thread as `eventually` does: kmock changes its objects on this loop)
+            final = {("country-counts", "Dropped"), ("broken", "Retained")}
+            deadline = asyncio.get_running_loop().time() + 20
+            while not final <= {involved(e) for e in all_events()} and asyncio.get_running_loop().time() < deadline:
+                await asyncio.sleep(0.2)
+            events = all_events()
             reasons = {(e.get("involvedObject", {}).get("name"), e.get("reason")) for e in events}
             assert ("country-counts", "Created") in reasons
             assert ("country-counts", "Altered") in reasons

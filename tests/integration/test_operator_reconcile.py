@@ -385,3 +385,24 @@ def test_finalizer_keeps_an_unreachable_database_with_the_servers_message_and_a_
         assert removal(databases, spec(name="op_far", deletionPolicy="Retain"), managed=True).problem is None
     finally:
         databases.close()
+
+
+def test_only_the_owner_can_hold_up_a_reconciliation(demo_db):
+    """The per-name lock is a row lock the owner alone may take: demo_reader holding every advisory key the
+    operator once used does not stall a reconciliation, and cannot lock the row itself."""
+    db = demo_db("ecommerce")
+    with psycopg.connect(db.owner_url, autocommit=True) as conn:
+        name = "op_lock_probe"
+        with psycopg.connect(db.reader_url, autocommit=True) as reader:
+            reader.execute("SELECT pg_advisory_lock(hashtext(%s))", (f"pgtrickle-operator:{name}",))
+            conn.execute("SET statement_timeout = '10s'")
+            outcome = reconcile.apply(conn, spec(name=name), managed=False)
+            assert outcome.problem is None and outcome.managed
+            with pytest.raises(psycopg.errors.InsufficientPrivilege):
+                reader.execute("SELECT 1 FROM demo_meta.operator_locks WHERE name = %s FOR UPDATE", (name,))
+        with conn.transaction():
+            conn.execute("SELECT 1 FROM demo_meta.operator_locks WHERE name = %s FOR UPDATE", (name,))
+            with psycopg.connect(db.owner_url) as other:
+                other.execute("SET lock_timeout = '200ms'")
+                blocked = reconcile.apply(other, spec(name=name), managed=True)
+                assert blocked.problem is not None and "lock" in blocked.problem.message, blocked

@@ -210,14 +210,17 @@ def test_the_operator_reconciles_as_demo_within_the_privileges(shop):
 
 def test_the_writers_changes_land_in_the_buffer_without_any_grant_there(shop):
     with psycopg.connect(shop.admin_url, autocommit=True) as admin:
-        buffer = buffer_of(admin, "customers")
+        buffer = buffer_of(admin, "orders")  # the table the generator writes (its only INSERT grant)
         sequence = sql.Identifier(CHANGES, f"{buffer}_change_id_seq")
         # A sequence is not transactional and a refresh does not rewind it: this holds even if the real
         # engine's scheduler consumes the rows before we look.
         before = admin.execute(sql.SQL("SELECT last_value, is_called FROM {}").format(sequence)).fetchone()
         with psycopg.connect(shop.writer_url, autocommit=True) as writer:
             assert not writer.execute("SELECT has_schema_privilege(%s, 'USAGE')", (CHANGES,)).fetchone()[0]
-            writer.execute("INSERT INTO customers (name, country) VALUES ('Privilege Test', 'SE'), ('Second', 'NO')")
+            writer.execute(
+                "INSERT INTO orders (customer_id, product_id, quantity, unit_price)"
+                " VALUES (1, 1, 7001, 1), (1, 1, 7002, 1)"
+            )
             with pytest.raises(psycopg.errors.InsufficientPrivilege):
                 writer.execute(
                     sql.SQL("INSERT INTO {} (lsn, action) VALUES (pg_current_wal_lsn(), 'I')").format(
@@ -228,11 +231,11 @@ def test_the_writers_changes_land_in_the_buffer_without_any_grant_there(shop):
         assert after - (before[0] if before[1] else before[0] - 1) == 2, "two inserted rows, two buffer rows"
         if shop.engine == "emulator":  # no scheduler runs here: the rows are still pending
             rows = admin.execute(
-                sql.SQL("SELECT action, name FROM {} ORDER BY change_id DESC LIMIT 2").format(
+                sql.SQL("SELECT action, quantity FROM {} ORDER BY change_id DESC LIMIT 2").format(
                     sql.Identifier(CHANGES, buffer)
                 )
             ).fetchall()
-            assert sorted(rows) == [("I", "Privilege Test"), ("I", "Second")]
+            assert sorted(rows) == [("I", 7001), ("I", 7002)]
 
 
 def test_the_reader_runs_every_monitoring_read_of_the_dashboard_and_the_exporter(shop):

@@ -4,6 +4,8 @@ mode/monitoring/networkPolicy combinations render, and every object validates ag
 
 from __future__ import annotations
 
+import json
+import re
 import shutil
 
 import jsonschema
@@ -13,6 +15,8 @@ import yaml
 from tests.deploy_support import (
     CHART,
     COMBINATIONS,
+    CRD_FILE,
+    MODES,
     SCENARIO_VALUES,
     chart_values,
     component,
@@ -20,6 +24,7 @@ from tests.deploy_support import (
     crd_schema,
     env_names,
     helm,
+    pod_spec,
     render,
     render_objects,
     workload,
@@ -76,7 +81,8 @@ def test_every_object_validates_strictly(rendered, key):
 def test_the_crd_validates_and_defines_streamtables():
     import kubernetes_validate
 
-    crd = yaml.safe_load((CHART / "crds" / "streamtables.pgtrickle.io.yaml").read_text())
+    (crd,) = [o for o in render_objects({}) if o["kind"] == "CustomResourceDefinition"]
+    assert crd == {**yaml.safe_load(CRD_FILE.read_text()), "metadata": crd["metadata"]}, "rendered from files/crds"
     for version in K8S_VERSIONS:
         kubernetes_validate.validate(crd, version, strict=True)
     assert crd["spec"]["group"] == "pgtrickle.io"
@@ -84,6 +90,21 @@ def test_the_crd_validates_and_defines_streamtables():
     assert (names["kind"], names["plural"]) == ("StreamTable", "streamtables")
     assert "st" in names.get("shortNames", [])
     assert any(v["name"] == "v1alpha1" and v["served"] for v in crd["spec"]["versions"])
+
+
+def test_the_crd_is_templated_upgraded_with_the_chart_and_kept_on_uninstall():
+    """Not under crds/ (which Helm never upgrades): a template behind crds.create, kept on uninstall (Helm's
+    resource-policy, Argo CD's Delete=false/Prune=false) and in the first Argo CD sync wave."""
+    assert not (CHART / "crds").exists(), "Helm never upgrades files under crds/"
+    (crd,) = [o for o in render_objects({}) if o["kind"] == "CustomResourceDefinition"]
+    annotations = crd["metadata"]["annotations"]
+    assert annotations["helm.sh/resource-policy"] == "keep"
+    assert set(annotations["argocd.argoproj.io/sync-options"].split(",")) == {"Delete=false", "Prune=false"}
+    assert int(annotations["argocd.argoproj.io/sync-wave"]) < 0
+    assert crd["metadata"]["labels"]["app.kubernetes.io/managed-by"] == "Helm"
+    off = render_objects({"crds": {"create": False}})
+    assert not [o for o in off if o["kind"] == "CustomResourceDefinition"]
+    assert [o for o in off if o["kind"] == "Deployment" and component(o) == "operator"], "the operator stays"
 
 
 @pytest.mark.parametrize("example", sorted((ROOT / "examples" / "streamtables").glob("*.yaml")), ids=lambda p: p.name)
@@ -99,7 +120,8 @@ def test_each_combination_renders_what_it_asks_for(rendered):
         mode = key.split("-")[0] if key in {k for k in COMBINATIONS if not k.startswith("values")} else "statefulset"
         assert (("StatefulSet", "postgres") in kinds) == (mode == "statefulset"), key
         assert (("Cluster", "postgres") in kinds) == (mode == "cnpg"), key
-        assert (("Secret", "credentials") in kinds) == (mode != "external"), key
+        assert not [k for k in kinds if k[0] == "Secret"], f"{key}: the chart never renders a Secret"
+        assert (("Job", "credentials") in kinds) == (mode != "external"), key
         for comp in ("generator", "dashboard", "exporter", "operator"):
             assert ("Deployment", comp) in kinds, (key, comp)
         assert ("Job", "bootstrap") in kinds, key
@@ -132,6 +154,11 @@ def test_values_schema_rejects_bad_values():
         {"bootstrap": {"backoffLimit": -1}},
         {"postgres": {"config": {"shared_preload_libraries": "pg_stat_statements"}}},
         {"image": {"pullPolicy": "Sometimes"}},
+        {"crds": {"create": "yes"}},
+        {"crds": {"keep": True}},
+        {"bootstrap": {"ttlSecondsAfterFinished": 0}},
+        {"auth": {"existingSecret": "Not_A_Secret_Name"}},
+        {"auth": {"password": "hunter2"}},
     ]
     for values in bad:
         with pytest.raises(hp.HelmError):
@@ -173,8 +200,8 @@ def test_switching_scenario_rolls_the_services_and_keeps_postgres():
         assert old["spec"]["template"] != new["spec"]["template"], comp
         assert {"name": "DEMO_SCENARIO", "value": "fraud"} in containers(new)[0]["env"], comp
     job = workload(after, "Job", "bootstrap")
-    assert "post-upgrade" in job["metadata"]["annotations"]["helm.sh/hook"]
-    assert "before-hook-creation" in job["metadata"]["annotations"]["helm.sh/hook-delete-policy"]
+    assert job["metadata"]["name"] != workload(before, "Job", "bootstrap")["metadata"]["name"], "a new Job, not a patch"
+    assert not [k for k in job["metadata"]["annotations"] if k.startswith("helm.sh/")], "an ordinary Job"
     assert job["spec"]["template"]["spec"]["restartPolicy"] == "Never", "a failed attempt keeps its pod and logs"
     connect = next(e["value"] for e in containers(job)[0]["env"] if e["name"] == "BOOTSTRAP_CONNECT_TIMEOUT")
     assert job["spec"]["backoffLimit"] >= 1 and job["spec"]["activeDeadlineSeconds"] > int(connect)
@@ -184,23 +211,69 @@ def test_switching_scenario_rolls_the_services_and_keeps_postgres():
     assert configs[0] == configs[1] and len(configs[0]) == 1
 
 
-def test_generated_secret_is_random_and_kept_on_uninstall():
-    def secret():
-        (obj,) = [o for o in render_objects({}) if o["kind"] == "Secret"]
-        return obj
+def _password_literals(objects: list[dict]) -> list[str]:
+    """Every place a render could carry a password: Secrets, and env values of *PASSWORD* variables."""
+    found = [f"Secret/{o['metadata']['name']}" for o in objects if o["kind"] == "Secret"]
+    for obj in objects:
+        for c in containers(obj):
+            found += [f"{obj['metadata']['name']}: {e['name']}" for e in c.get("env", [])
+                      if "PASSWORD" in e["name"].upper() and "value" in e]  # fmt: skip
+    return found
 
-    first, second = secret(), secret()
-    assert set(first["data"]) == {"postgres-password", "demo-password", "demo-writer-password", "demo-reader-password"}
-    assert first["data"] != second["data"]  # generated per install, never a literal in the chart
-    assert len(set(first["data"].values())) == 4
-    assert first["metadata"]["annotations"]["helm.sh/resource-policy"] == "keep"
-    # the lookup that keeps them across upgrades is in the template (offline rendering cannot exercise it)
-    assert 'lookup "v1" "Secret"' in (CHART / "templates" / "secret.yaml").read_text()
+
+@pytest.mark.parametrize("key", ["statefulset-monitoring_off-netpol_on", "cnpg-monitoring_on-netpol_on",
+                                 "external-monitoring_off-netpol_on", "values-fraud.yaml"])  # fmt: skip
+def test_two_renders_without_a_cluster_never_rotate_passwords(key):
+    """Argo CD renders the chart without cluster access (no `lookup`), and so do `helm template` and ct: two such
+    renders must be byte-identical and hold no password at all, so a sync can never replace the passwords the
+    database volume was initialised with. The credentials Job creates them in the cluster, once."""
+    values = COMBINATIONS[key]
+    first, second = render(values), render(values)
+    assert first == second
+    assert not _password_literals(render_objects(values)), "no password in any render"
+    for template, text in first.items():
+        assert "randAlpha" not in text and "lookup" not in text, template
+    for path in (CHART / "templates").glob("*"):
+        text = path.read_text() if path.is_file() else ""
+        assert not re.search(r"\b(randAlphaNum|randAlpha|randAscii|randBytes|genPrivateKey)\b", text), path.name
+        assert not re.search(r"\blookup\b", text), f"{path.name}: lookup renders differently with and without a cluster"
+
+
+def test_credentials_job_creates_the_secret_once_with_create_only_rights():
+    objects = render_objects({})
+    job = workload(objects, "Job", "credentials")
+    (c,) = containers(job)
+    assert c["command"] == ["python", "-m", "services.bootstrap.credentials"]
+    assert c["image"] == workload(objects, "Job", "bootstrap")["spec"]["template"]["spec"]["containers"][0]["image"]
+    env = {e["name"]: e["value"] for e in c["env"]}
+    assert env["CREDENTIALS_NAME"] == "demo-pg-trickle-demo-credentials"
+    # the Secret the pods read is the one the Job creates
+    refs = {e["valueFrom"]["secretKeyRef"]["name"] for o in objects for k in containers(o) for e in k.get("env", [])
+            if "secretKeyRef" in e.get("valueFrom", {})}  # fmt: skip
+    assert refs == {"demo-pg-trickle-demo-credentials"}
+    # Argo CD tracks (and prunes) objects by app.kubernetes.io/instance: the created Secret must not carry it
+    labels = json.loads(env["CREDENTIALS_LABELS"])
+    assert "app.kubernetes.io/instance" not in labels and labels["pgtrickle.io/release"] == "demo"
+    spec = job["spec"]["template"]["spec"]
+    assert spec["automountServiceAccountToken"] is True
+    roles = {o["metadata"]["name"]: o for o in objects if o["kind"] == "Role"}
+    assert roles[spec["serviceAccountName"]]["rules"] == [
+        {"apiGroups": [""], "resources": ["secrets"], "verbs": ["create"]}
+    ], "create only: it can neither read nor change an existing Secret"
+    bindings = [o for o in objects if o["kind"] == "RoleBinding" and o["roleRef"]["name"] == spec["serviceAccountName"]]
+    assert [b["subjects"][0]["name"] for b in bindings] == [spec["serviceAccountName"]]
+    assert job["spec"]["ttlSecondsAfterFinished"] > 0 and spec["restartPolicy"] == "Never"
+    # before the database in Argo CD's order; the database pod simply waits for the Secret under Helm and Flux
+    assert _wave(job) < _wave(workload(objects, "StatefulSet", "postgres"))
 
 
 def test_existing_secret_is_used_and_no_secret_rendered():
     objects = render_objects({"auth": {"existingSecret": "my-creds"}})
     assert not [o for o in objects if o["kind"] == "Secret"]
+    assert not [o for o in objects if component(o) == "credentials"], "no credentials Job, RBAC or policy"
+    assert not [o for o in objects if o["kind"] == "NetworkPolicy" and o["metadata"]["name"].endswith("-credentials")]
+    notes = render({"auth": {"existingSecret": "my-creds"}})["pg-trickle-demo/templates/NOTES.txt"]
+    assert "my-creds" in notes and "demo-reader-password" in notes
     refs = {
         e["valueFrom"]["secretKeyRef"]["name"]
         for o in objects
@@ -211,10 +284,10 @@ def test_existing_secret_is_used_and_no_secret_rendered():
     assert refs == {"my-creds"}
 
 
-def test_bootstrap_is_a_post_install_and_post_upgrade_hook_with_superuser_url():
+def test_bootstrap_is_an_ordinary_job_with_superuser_url():
     objects = render_objects({})
     job = workload(objects, "Job", "bootstrap")
-    assert job["metadata"]["annotations"]["helm.sh/hook"] == "post-install,post-upgrade"
+    assert "helm.sh/hook" not in job["metadata"]["annotations"]
     (c,) = containers(job)
     assert {"PGHOST", "PGUSER", "PGPASSWORD", "PGDATABASE", "DEMO_PASSWORD", "DEMO_WRITER_PASSWORD",
             "DEMO_READER_PASSWORD", "DEMO_SCENARIO", "DEMO_ENGINE"} <= env_names(c)  # fmt: skip
@@ -275,9 +348,9 @@ def test_operator_deployment_rbac_and_service_account():
     # every other pod runs without an API token
     for obj in objects:
         ps = obj.get("spec", {}).get("template", {}).get("spec") if obj["kind"] != "Pod" else obj["spec"]
-        if ps is not None and component(obj) != "operator":
+        if ps is not None and component(obj) not in {"operator", "credentials"}:
             assert ps.get("automountServiceAccountToken") is False, obj["metadata"]["name"]
-    (role,) = [o for o in objects if o["kind"] == "Role"]
+    (role,) = [o for o in objects if o["kind"] == "Role" and component(o) == "operator"]
     rules = {(tuple(r["apiGroups"]), tuple(r["resources"])): set(r["verbs"]) for r in role["rules"]}
     assert rules == {
         (("pgtrickle.io",), ("streamtables",)): {"list", "watch", "patch"},
@@ -287,12 +360,13 @@ def test_operator_deployment_rbac_and_service_account():
     assert not [o for o in objects if o["kind"] in ("ClusterRole", "ClusterRoleBinding")], (
         "least privilege: no cluster-wide rights"
     )
-    (binding,) = [o for o in objects if o["kind"] == "RoleBinding"]
+    (binding,) = [o for o in objects if o["kind"] == "RoleBinding" and component(o) == "operator"]
     assert binding["roleRef"]["kind"] == "Role"
     assert binding["subjects"] == [{"kind": "ServiceAccount", "name": sa_name, "namespace": "pgtd"}]
     # operator.enabled=false removes all of it
     off = render_objects({"operator": {"enabled": False}})
-    assert not [o for o in off if component(o) == "operator"]
+    # (the CRD is governed by crds.create, not by operator.enabled)
+    assert not [o for o in off if component(o) == "operator" and o["kind"] != "CustomResourceDefinition"]
 
 
 def test_servicemonitor_labels_and_notes_warn_about_the_release_label():
@@ -326,6 +400,8 @@ def test_notes_give_urls_and_port_forwards():
     assert "port-forward svc/demo-pg-trickle-demo-dashboard 8080:8080" in notes
     assert "port-forward svc/demo-pg-trickle-demo-exporter 9188:9188" in notes
     assert "helm test demo" in notes
+    assert "--wait" not in notes.replace("--wait --wait-for-jobs` waits", ""), "no advice against --wait"
+    assert "Do not" not in notes
     kind_notes = render(chart_values("values.yaml", "values-kind.yaml"))["pg-trickle-demo/templates/NOTES.txt"]
     assert "http://localhost:8080/" in kind_notes
     assert "http://localhost:9188/metrics" in kind_notes and "localhost:8000/control" in kind_notes
@@ -391,3 +467,72 @@ def test_helm_test_script_passes_only_when_ready_and_up(readyz, metrics, passes)
         server.shutdown()
         server.server_close()
     assert (result.returncode == 0) == passes, result.stdout + result.stderr
+
+
+# -- install paths: helm --wait, Argo CD, Flux --------------------------------------------------------------
+def _wave(obj: dict) -> int:
+    return int((obj["metadata"].get("annotations") or {}).get("argocd.argoproj.io/sync-wave", "0"))
+
+
+@pytest.mark.parametrize("key", list(COMBINATIONS))
+def test_no_helm_hook_that_readiness_depends_on(rendered, key):
+    """`helm install --wait`, Flux (waits by default) and `ct install` wait for every object to be ready before
+    post-install hooks run: a bootstrap hook that readiness depends on stalls them all. Only `helm test` is a
+    hook."""
+    hooks = {
+        f"{o['kind']}/{o['metadata']['name']}": o["metadata"]["annotations"]["helm.sh/hook"]
+        for o in rendered[key]
+        if "helm.sh/hook" in (o["metadata"].get("annotations") or {})
+    }
+    assert set(hooks.values()) <= {"test"}, hooks
+    kinds = {(o["kind"], component(o)) for o in rendered[key]}
+    assert ("Job", "bootstrap") in kinds
+
+
+def test_bootstrap_job_is_named_per_scenario_and_revision():
+    names = {}
+    for scenario in ("ecommerce", "fraud", "finance"):
+        for revision in (1, 2):
+            objects = render_objects({"scenario": scenario}, revision=revision)
+            job = workload(objects, "Job", "bootstrap")
+            names[(scenario, revision)] = job["metadata"]["name"]
+            assert job["spec"]["ttlSecondsAfterFinished"] == 86400
+            assert {"name": "DEMO_SCENARIO", "value": scenario} in containers(job)[0]["env"]
+    assert len(set(names.values())) == 6, names
+    assert names[("fraud", 1)] == "demo-pg-trickle-demo-bootstrap-fraud-1"
+    # a Job name becomes the job-name label of its pods: at most 63 characters, even with a long release name
+    long = render_objects({"fullnameOverride": "x" * 63, "scenario": "ecommerce"}, revision=12345)
+    name = workload(long, "Job", "bootstrap")["metadata"]["name"]
+    assert len(name) <= 63 and name.endswith("-ecommerce-12345"), name
+    assert len(workload(long, "Job", "credentials")["metadata"]["name"]) <= 63
+    # and NOTES point at the Job of this revision
+    notes = render({"scenario": "fraud"}, revision=3)["pg-trickle-demo/templates/NOTES.txt"]
+    assert "job/demo-pg-trickle-demo-bootstrap-fraud-3" in notes
+
+
+@pytest.mark.parametrize("mode", ["statefulset", "cnpg"])
+def test_argo_cd_sync_waves_put_the_database_first_then_the_bootstrap_then_the_services(mode):
+    objects = render_objects(MODES[mode])
+    bootstrap = workload(objects, "Job", "bootstrap")
+    credentials = workload(objects, "Job", "credentials")
+    database = [o for o in objects if component(o) == "postgres"]
+    assert database and {_wave(o) for o in database} == {-1}
+    assert _wave(credentials) < -1 < _wave(bootstrap) == 0
+    for comp in ("generator", "dashboard", "exporter", "operator"):
+        assert _wave(workload(objects, "Deployment", comp)) == 1, comp
+    # whatever a pod of an early wave needs exists in an earlier wave (Argo CD waits for a wave to be healthy)
+    by_name = {(o["kind"], o["metadata"]["name"]): o for o in objects}
+    for obj in objects:
+        spec = pod_spec(obj)
+        if spec is None or obj["kind"] == "Pod":
+            continue
+        sa = by_name.get(("ServiceAccount", spec["serviceAccountName"]))
+        assert sa is not None and _wave(sa) <= _wave(obj), obj["metadata"]["name"]
+        for volume in spec.get("volumes", []):
+            if "configMap" in volume:
+                assert _wave(by_name[("ConfigMap", volume["configMap"]["name"])]) <= _wave(obj)
+    # the one-shot Jobs are Argo CD Sync hooks: re-created on each sync, never reported missing after their TTL
+    for job in (bootstrap, credentials):
+        annotations = job["metadata"]["annotations"]
+        assert annotations["argocd.argoproj.io/hook"] == "Sync"
+        assert annotations["argocd.argoproj.io/hook-delete-policy"] == "BeforeHookCreation"

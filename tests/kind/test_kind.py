@@ -1,10 +1,10 @@
 """Opt-in end-to-end suite on a real kind cluster: `make test-kind` (marker k8s, never part of `make test`).
 
 It builds the images, creates a throw-away kind cluster (own name, free localhost ports), installs the chart
-with `make kind-up`, waits, then checks that the dashboard's /api/snapshot serves stream-table rows, that the exporter
-reports refreshes, and that `helm test` passes, then that `helm upgrade` to the fraud scenario keeps the volume and
-serves fraud; it uninstalls and deletes the cluster at the end. Where Docker,
-kind, helm or kubectl is missing it skips and says which.
+with `make kind-up` (helm --wait --wait-for-jobs: the bootstrap is an ordinary Job), then checks that the
+dashboard's /api/snapshot serves stream-table rows, that the exporter reports refreshes, and that `helm test`
+passes, then that `helm upgrade` to the fraud scenario keeps the volume and serves fraud; it uninstalls and
+deletes the cluster at the end. Where Docker, kind, helm or kubectl is missing it skips and says which.
 """
 
 from __future__ import annotations
@@ -138,7 +138,7 @@ def _pvc_uids(kind_release) -> set[str]:
 
 def test_switching_scenario_with_helm_upgrade_keeps_the_volume(kind_release):
     """Last (it changes the release): `SCENARIO=fraud make kind-up` is `helm upgrade -f values-fraud.yaml`; the
-    bootstrap hook adds fraud_demo to the same volume and the services come back serving the fraud scenario."""
+    new bootstrap Job adds fraud_demo to the same volume and the services come back serving the fraud scenario."""
     volumes = _pvc_uids(kind_release)
     assert volumes, "the StatefulSet has a PersistentVolumeClaim"
     upgrade = ["make", "kind-up", *kind_release["make_vars"], "SCENARIO=fraud"]

@@ -29,7 +29,11 @@ def test_defaults_follow_the_service_contract():
     fraud = load_config({"DEMO_SCENARIO": "fraud", "DATABASE_URL": "postgresql://u:p@db:5432/x"})
     assert conninfo_to_dict(fraud.conninfo)["dbname"] == "x" and conninfo_to_dict(fraud.conninfo)["user"] == "u"
     options = gunicorn_options(load_config({"DASHBOARD_PORT": "9999", "DASHBOARD_WORKERS": "3"}))
-    assert options["bind"] == ["0.0.0.0:9999"] and options["workers"] == 3 and options["worker_class"] == "gthread"
+    assert (
+        options["bind"] == ["0.0.0.0:9999"]
+        and options["workers"] == 3
+        and options["worker_class"] == "services.dashboard.worker.HardenedThreadWorker"
+    )
     assert options["worker_tmp_dir"] in ("/dev/shm", "/tmp")
 
 

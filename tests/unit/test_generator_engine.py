@@ -164,7 +164,6 @@ def client():
         ('{"rate": NaN}', "application/json"),
         ('{"speed": 5}', "application/json"),
         ("[5]", "application/json"),
-        ("rate=5", "application/x-www-form-urlencoded"),
         ("{not json", "application/json"),
         ("", "application/json"),
     ],
@@ -184,13 +183,13 @@ def test_control_endpoints(client):
     assert response.status_code == 200 and response.get_json() == {"rate": 250.0}
     assert engine.rate == 250
     assert http.post("/control/rate", json={"rate": 1000}).status_code == 200
-    assert http.post("/control/burst").status_code == 202
-    assert http.post("/control/pause").get_json() == {"paused": True}
+    assert http.post("/control/burst", json={}).status_code == 202
+    assert http.post("/control/pause", content_type="application/json").get_json() == {"paused": True}
     state = http.get("/control").get_json()
     assert state["paused"] is True and state["rate"] == 1000 and state["bursts_pending"] == 1
     assert state["scenario"] == "ecommerce" and state["run_id"] == engine.run_id
     assert set(state["events_committed"]) == {"order", "flash_sale_order", "reprice"}
-    assert http.post("/control/resume").get_json() == {"paused": False}
+    assert http.post("/control/resume", json={}).get_json() == {"paused": False}
     assert http.get("/control/pause").status_code == 405
     metrics = http.get("/metrics").get_data(as_text=True)
     assert 'demo_generator_rate{scenario="ecommerce"} 1000.0' in metrics

@@ -17,7 +17,7 @@ from celpy import celtypes
 from services.operator import spec as st_spec
 from tests.support import ROOT
 
-CRD_PATH = ROOT / "helm" / "pg-trickle-demo" / "crds" / "streamtables.pgtrickle.io.yaml"
+CRD_PATH = ROOT / "helm" / "pg-trickle-demo" / "files" / "crds" / "streamtables.pgtrickle.io.yaml"
 EXAMPLES = sorted((ROOT / "examples" / "streamtables").glob("*.yaml"))
 CRD = yaml.safe_load(CRD_PATH.read_text())
 [VERSION] = CRD["spec"]["versions"]

@@ -155,3 +155,29 @@ prometheus.io/path: /metrics
 {{- fail "postgres.mode=external needs auth.existingSecret: a Secret with postgres-password (the superuser's password on your server), demo-password, demo-writer-password and demo-reader-password" -}}
 {{- end -}}
 {{- end -}}
+
+{{/* GitOps ordering and one-shot Jobs ----------------------------------------------------------------------- */}}
+{{/* Argo CD sync waves: -3 CRD and the credentials Job's RBAC, -2 the credentials Job, -1 the database,
+0 the bootstrap Job, 1 the services. Helm (--wait) and Flux ignore them: there every pod waits by itself (the
+database for its Secret, the bootstrap for the database, the services' readiness for the bootstrap). */}}
+{{- define "pgtd.syncWave" -}}
+argocd.argoproj.io/sync-wave: {{ . | quote }}
+{{- end -}}
+
+{{/* A one-shot Job as Argo CD sees it: a Sync hook (re-created on every sync, never diffed, so a Job that
+ttlSecondsAfterFinished removed is not "missing"); call with the wave. */}}
+{{- define "pgtd.jobAnnotations" -}}
+{{ include "pgtd.syncWave" . }}
+argocd.argoproj.io/hook: Sync
+argocd.argoproj.io/hook-delete-policy: BeforeHookCreation
+{{- end -}}
+
+{{/* "<fullname>-<component>[-<scenario>]-<revision>": a new Job per release revision (and per scenario), so
+`helm upgrade` creates a Job instead of patching an immutable one. Call with
+(dict "ctx" $ "component" "bootstrap" "scenario" true). At most 63 characters (the job-name label). */}}
+{{- define "pgtd.jobName" -}}
+{{- $suffix := printf "%d" (int .ctx.Release.Revision) -}}
+{{- if .scenario -}}{{- $suffix = printf "%s-%s" .ctx.Values.scenario $suffix -}}{{- end -}}
+{{- $prefix := include "pgtd.componentName" (dict "ctx" .ctx "component" .component) | trunc (int (sub 62 (len $suffix))) | trimSuffix "-" -}}
+{{- printf "%s-%s" $prefix $suffix -}}
+{{- end -}}

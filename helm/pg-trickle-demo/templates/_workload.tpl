@@ -14,6 +14,8 @@ metadata:
   namespace: {{ $ctx.Release.Namespace }}
   labels:
     {{- include "pgtd.labels" (dict "ctx" $ctx "component" .component) | nindent 4 }}
+  annotations:
+    {{- include "pgtd.syncWave" "1" | nindent 4 }}
 spec:
   type: {{ .values.service.type }}
   selector:
@@ -35,6 +37,8 @@ metadata:
   namespace: {{ $ctx.Release.Namespace }}
   labels:
     {{- include "pgtd.labels" (dict "ctx" $ctx "component" .component) | nindent 4 }}
+  annotations:
+    {{- include "pgtd.syncWave" "1" | nindent 4 }}
 spec:
   replicas: 1
   {{- if .recreate }}

@@ -25,10 +25,11 @@ from psycopg.rows import dict_row
 
 from services.common.scenarios import scenario_class
 
-# Column formats the page knows: text, int, money, number, pct (a value already in percent), price,
+# Column formats the page knows: text, int, money, number, pct (a change already in percent: signed and
+# coloured), share (a part of a whole already in percent: unsigned, neutral), price,
 # time (ISO timestamp), badge (a level such as HIGH/MEDIUM/LOW or OK/WARNING/BREACH), direction
 # (up/down/flat), utilisation (a ratio, 1.0 = the limit, drawn as a bar).
-FORMATS = ("text", "int", "money", "number", "pct", "price", "time", "badge", "direction", "utilisation")
+FORMATS = ("text", "int", "money", "number", "pct", "share", "price", "time", "badge", "direction", "utilisation")
 
 
 def jsonable(value: Any) -> Any:
@@ -114,6 +115,8 @@ class ScenarioView(ABC):
     # "prefix": "figure-name-prefix:" (one series per matching figure, named after the rest of the key)}.
     # "rate" plots the change per second between samples (e.g. revenue per second: flash sales spike).
     history_charts: list[dict] = []
+    # Stream-table name -> what it demonstrates, shown under its DAG node (as pg_trickle's own demo does).
+    captions: dict[str, str] = {}
 
     @abstractmethod
     def read(self, conn: psycopg.Connection) -> ScenarioData:

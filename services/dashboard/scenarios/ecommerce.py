@@ -15,6 +15,9 @@ SELECT rank, customer_name, country, order_count, total_spent, avg_order_value
 PRICE_IMPACT = """
 SELECT product_name, category_name, base_price, current_price, pct_change, price_last_updated
   FROM catalog_price_impact ORDER BY abs(pct_change) DESC NULLS LAST, product_name LIMIT 12"""
+TOP_PRODUCTS = """
+SELECT product_name, category_name, order_count, units_sold, revenue
+  FROM product_sales ORDER BY revenue DESC, product_name LIMIT 10"""
 COUNTRY_REVENUE = """
 SELECT country, customer_count, total_orders, total_revenue, avg_order_value
   FROM country_revenue ORDER BY total_revenue DESC, country"""
@@ -33,12 +36,21 @@ class View(ScenarioView):
         },
         {"id": "orders_rate", "title": "Orders per second", "mode": "rate", "keys": ["orders"], "format": "number"},
     ]
+    captions = {
+        "product_sales": "L1 · per product: units, revenue",
+        "customer_stats": "L1 · per customer: orders, spend",
+        "category_revenue": "L1 · per category: revenue",
+        "country_revenue": "L2 · roll-up of a stream table",
+        "catalog_price_impact": "DIFF showcase · ratio ~0.07",
+        "top_10_customers": "TopK showcase · ratio ~0.1-0.2",
+    }
 
     def read(self, conn: psycopg.Connection) -> ScenarioData:
         categories = fetch(conn, CATEGORY_REVENUE)
         customers = fetch(conn, TOP_CUSTOMERS)
         prices = fetch(conn, PRICE_IMPACT)
         countries = fetch(conn, COUNTRY_REVENUE)
+        products = fetch(conn, TOP_PRODUCTS)
         revenue = round(sum(row["revenue"] or 0 for row in categories), 2)
         orders = sum(row["order_count"] or 0 for row in categories)
         biggest = prices[0] if prices else None
@@ -86,6 +98,25 @@ class View(ScenarioView):
                 key="customer_name",
             ),
             panel(
+                "top_products",
+                "Top products by revenue",
+                ["product_sales"],
+                note="Level 1: per product, refreshed every second.",
+                chart=chart(
+                    "hbar",
+                    [r["product_name"] for r in products],
+                    [{"label": "Revenue", "values": [r["revenue"] for r in products]}],
+                    fmt="money",
+                ),
+                columns=[
+                    column("product_name", "Product"),
+                    column("category_name", "Category"),
+                    column("units_sold", "Units", "int"),
+                    column("revenue", "Revenue", "money"),
+                ],
+                rows=products,
+            ),
+            panel(
                 "catalog_price_impact",
                 "Catalog price impact",
                 ["catalog_price_impact"],
@@ -117,12 +148,13 @@ class View(ScenarioView):
                     column("total_revenue", "Revenue", "money"),
                 ],
                 rows=countries,
-                wide=True,
+                wide=False,
             ),
         ]
         tiles = [
             tile("Revenue", revenue, "money"),
             tile("Orders", orders, "int"),
+            tile("Avg order value", round(revenue / orders, 2) if orders else None, "money"),
             tile("Customers buying", sum(r["customer_count"] or 0 for r in countries), "int"),
             tile(
                 "Biggest price move",

@@ -53,6 +53,20 @@ class View(ScenarioView):
                 # Changes with every tick of this symbol: the page flashes a row whose key it has not seen.
                 row["tick"] = f"{symbol}@{row['price_updated_at']}"
 
+    captions = {
+        "price_snapshot": "L1 leaf, 2 s · 30 instruments",
+        "net_positions": "L1 leaf, 1 s · net positions",
+        "position_values": "mark-to-market · ratio ~0.02",
+        "account_pnl": "per account",
+        "portfolio_pnl": "per portfolio (5 rows)",
+        "sector_exposure": "8 sectors · ~1 row a tick",
+        "var_contributions": "parametric VaR per position",
+        "account_var": "VaR per account",
+        "portfolio_var": "Basel scenario VaR",
+        "regulatory_capital": "capital requirement",
+        "breach_dashboard": "TopK 10 · changes rarely",
+    }
+
     def read(self, conn: psycopg.Connection) -> ScenarioData:
         prices = fetch(conn, PRICES)
         self._tick(prices)
@@ -129,7 +143,7 @@ class View(ScenarioView):
                     column("position_count", "Positions", "int"),
                     column("net_exposure", "Net", "money"),
                     column("gross_exposure", "Gross", "money"),
-                    column("pct_of_book", "Of book", "pct"),
+                    column("pct_of_book", "Of book", "share"),
                 ],
                 rows=sectors,
             ),

@@ -48,6 +48,18 @@ class View(ScenarioView):
         },
     ]
 
+    captions = {
+        "user_velocity": "L1 · diamond: feeds risk_scores",
+        "merchant_stats": "L1 · diamond: feeds risk_scores",
+        "category_volume": "L1 · per category",
+        "risk_scores": "FULL · diamond join, 3 inputs",
+        "country_risk": "L2 · roll-up of a stream table",
+        "alert_summary": "L3 · per risk level",
+        "top_risky_merchants": "L3 · per merchant risk counts",
+        "merchant_tier_stats": "DIFF showcase · ratio ~0.07",
+        "top_10_risky_merchants": "TopK showcase · ratio ~0.25",
+    }
+
     def read(self, conn: psycopg.Connection) -> ScenarioData:
         alerts = {row["risk_level"]: row for row in fetch(conn, ALERTS)}
         feed = fetch(conn, HIGH_FEED)
@@ -140,7 +152,7 @@ class View(ScenarioView):
                     column("merchant_category", "Category"),
                     column("total_txns", "Txns", "int"),
                     column("high_risk_count", "HIGH", "int"),
-                    column("risk_rate_pct", "Risky", "pct"),
+                    column("risk_rate_pct", "Risky", "share"),
                 ],
                 rows=merchants,
                 key="merchant_name",
@@ -171,7 +183,7 @@ class View(ScenarioView):
             tile("Transactions", total, "int"),
             tile("HIGH-risk alerts", high, "int"),
             tile("Volume", volume, "money"),
-            tile("HIGH share", 100.0 * high / total if total else None, "pct"),
+            tile("HIGH share", 100.0 * high / total if total else None, "share"),
         ]
         figures = {"transactions": float(total), "volume": float(volume)}
         figures.update({f"risk:{row['risk_level']}": float(row["txn_count"] or 0) for row in alert_rows})

@@ -8,10 +8,10 @@
     "#2dd4bf", "#f97316", "#a3e635", "#e879f9"];
   const RISK = { HIGH: "#ef4444", BREACH: "#ef4444", ELEVATED: "#f59e0b", MEDIUM: "#f59e0b", WARNING: "#f59e0b",
     LOW: "#22c55e", STANDARD: "#22c55e", OK: "#22c55e" };
-  const NUMERIC = new Set(["int", "money", "number", "pct", "price"]);
+  const NUMERIC = new Set(["int", "money", "number", "pct", "share", "price"]);
 
-  const state = { panels: new Map(), history: new Map(), samples: new HistoryMerge(), dag: null, lastOk: null,
-    shown: null, olderStreak: 0, tiles: new Map() };
+  const state = { panels: new Map(), history: new Map(), samples: new HistoryMerge(), dag: null, cascade: null,
+    lastOk: null, shown: null, olderStreak: 0, tiles: new Map() };
 
   function setupCharts() {
     if (!window.Chart) return;
@@ -184,23 +184,40 @@
       }
       ref.figure.setAttribute("data-points", String(h.times.length));
       if (!window.Chart) continue;
-      const labels = h.times.map((t) => Fmt.time(t));
+      // A time axis (seconds): a 30 s gap takes ten times the width of a 3 s one; a gap longer than three
+      // steps (the dashboard was down) breaks the line instead of bridging it. Monotone interpolation never
+      // overshoots the samples (no sine waves out of steps).
+      const newest = h.times.length ? h.times[h.times.length - 1] : Date.now() / 1000;
       const colour = (s, i) => RISK[String(s.label).toUpperCase()] || PALETTE[i % PALETTE.length];
-      const datasets = h.series.map((s, i) => ({ label: s.label, data: s.values, borderColor: colour(s, i),
-        backgroundColor: colour(s, i) + "33", fill: h.series.length === 1, tension: 0.3, pointRadius: 0,
-        borderWidth: 2 }));
+      const points = (values) => {
+        const out = [];
+        h.times.forEach((t, i) => {
+          if (i > 0 && t - h.times[i - 1] > 3 * history.step_s) out.push({ x: (t + h.times[i - 1]) / 2, y: null });
+          out.push({ x: t, y: values[i] });
+        });
+        return out;
+      };
+      const datasets = h.series.map((s, i) => ({ label: s.label, data: points(s.values), borderColor: colour(s, i),
+        backgroundColor: colour(s, i) + "33", fill: h.series.length === 1, cubicInterpolationMode: "monotone",
+        tension: 0.2, pointRadius: 0, borderWidth: 2, spanGaps: false }));
+      // The axis spans the window, or less while the samples do not cover it yet (a dashboard just started).
+      const oldest = h.times.length ? h.times[0] : newest - history.window_s;
+      const x = { type: "linear", min: Math.max(newest - history.window_s, oldest), max: newest, grid: { display: false },
+        ticks: { maxTicksLimit: 6, maxRotation: 0, callback: (v) => Fmt.time(v) } };
       if (ref.chart) {
-        ref.chart.data.labels = labels;
         ref.chart.data.datasets = datasets;
+        ref.chart.options.scales.x.min = x.min;
+        ref.chart.options.scales.x.max = x.max;
         ref.chart.update("none");
       } else {
         ref.chart = new Chart(ref.canvas, {
-          type: "line", data: { labels, datasets },
-          options: { responsive: true, maintainAspectRatio: false, animation: false, interaction: { mode: "index", intersect: false },
+          type: "line", data: { datasets },
+          options: { responsive: true, maintainAspectRatio: false, animation: false, parsing: true,
+            interaction: { mode: "nearest", axis: "x", intersect: false },
             plugins: { legend: { display: h.series.length > 1, position: "bottom" },
-              tooltip: { callbacks: { label: (ctx) => `${ctx.dataset.label}: ${fmt(ctx.raw, h.format)}` } } },
-            scales: { x: { ticks: { maxTicksLimit: 6, maxRotation: 0 }, grid: { display: false } },
-              y: { beginAtZero: true, ticks: { callback: (v) => Fmt.axis(v, h.format) } } } },
+              tooltip: { callbacks: { title: (items) => (items.length ? Fmt.time(items[0].parsed.x) : ""),
+                label: (ctx) => `${ctx.dataset.label}: ${fmt(ctx.parsed.y, h.format)}` } } },
+            scales: { x, y: { beginAtZero: true, ticks: { callback: (v) => Fmt.axis(v, h.format) } } } },
         });
       }
     }
@@ -221,6 +238,7 @@
       const confidence = ["high", "medium", "low"].includes(a.confidence) ? a.confidence : "low";
       advisor.appendChild(el("div", { class: "verdict " + (a.keep ? "keep" : "switch"), "data-name": a.name }, [
         el("div", { class: "vname" }, a.name), el("div", { class: "vtext" }, a.verdict),
+        el("div", { class: "vmodes" }, "configured " + (a.current_mode || "—") + " · effective " + (a.effective_mode || "—")),
         el("div", { class: "vconf conf-" + confidence }, "confidence: " + a.confidence), el("div", { class: "vreason" }, a.reason || ""),
       ]));
     }
@@ -248,6 +266,35 @@
       if (!note) { note = el("p", { class: "unavailable", "data-panel": panel }); holder.parentNode.insertBefore(note, holder); }
       note.textContent = unavailable[panel];
     }
+  }
+
+  function renderTree(tree) {
+    const box = document.getElementById("tree");
+    if (!box) return;
+    box.textContent = tree === null || tree === undefined ? "dependency_tree() is not available from this engine."
+      : tree.map((t) => t.line).join("\n");
+  }
+
+  /* ---- tabs: the story (Overview) and the engine's internals, one click apart ---- */
+  function tabs() {
+    const show = (name) => {
+      for (const b of document.querySelectorAll("[data-tab-button]")) {
+        const on = b.getAttribute("data-tab-button") === name;
+        b.setAttribute("aria-selected", on ? "true" : "false");
+        b.classList.toggle("active", on);
+      }
+      for (const s of document.querySelectorAll("[data-tab]")) s.hidden = s.getAttribute("data-tab") !== name;
+      document.body.setAttribute("data-tab", name);
+      if (name === "overview" && state.dag && state.dag.last) state.dag.update(state.dag.last); // sizes known now
+    };
+    for (const b of document.querySelectorAll("[data-tab-button]")) {
+      b.addEventListener("click", () => {
+        const name = b.getAttribute("data-tab-button");
+        window.history.replaceState(null, "", name === "overview" ? location.pathname : "#" + name);
+        show(name);
+      });
+    }
+    show(location.hash === "#internals" ? "internals" : "overview");
   }
 
   /* ---- header, banner ---- */
@@ -280,7 +327,10 @@
     renderHistory(s.history);
     if (!state.dag) state.dag = new DagView(document.getElementById("dag"));
     state.dag.update(s.dag);
+    if (!state.cascade) state.cascade = new CascadeView(document.getElementById("cascade"));
+    state.cascade.update(s.cascade);
     renderInternals(s.internals);
+    renderTree(s.tree);
   }
 
   async function poll() {
@@ -350,5 +400,5 @@
     window.setInterval(refresh, 4000);
   }
 
-  document.addEventListener("DOMContentLoaded", () => { setupCharts(); controls(); poll(); });
+  document.addEventListener("DOMContentLoaded", () => { setupCharts(); tabs(); controls(); poll(); });
 })();

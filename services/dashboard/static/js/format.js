@@ -17,7 +17,8 @@
       case "int": return isNum(v) ? intFmt.format(v) : String(v);
       case "money": return isNum(v) ? (Math.abs(v) >= 1000 ? money0.format(v) : money2.format(v)) : String(v);
       case "price": return isNum(v) ? price.format(v) : String(v);
-      case "pct": return isNum(v) ? (v > 0 ? "+" : "") + pct.format(v) + "%" : String(v);
+      case "pct": return isNum(v) ? (v > 0 ? "+" : "") + pct.format(v) + "%" : String(v); // a change: signed
+      case "share": return isNum(v) ? pct.format(v) + "%" : String(v); // a part of a whole: never signed
       case "number": return isNum(v) ? numFmt.format(v) : String(v);
       case "time": return time(v);
       case "direction": return v === "up" ? "▲" : v === "down" ? "▼" : "•";
@@ -28,6 +29,7 @@
   function axis(v, format) {
     if (!isNum(v)) return String(v);
     if (format === "money") return "$" + compact.format(v);
+    if (format === "share" || format === "pct") return compact.format(v) + "%";
     return compact.format(v);
   }
 
