@@ -16,7 +16,7 @@ from services.common.logs import setup_logging
 from services.common.netcheck import ensure_can_listen
 from services.operator.config import OperatorConfig, load_config
 from services.operator.handlers import Databases, build_registry, make_settings
-from services.operator.health import ApiProbe, operator_identity, serve_probes
+from services.operator.health import ApiProbe, login, operator_identity, serve_probes
 
 
 class OwnedSessions:
@@ -38,7 +38,7 @@ class OwnedSessions:
     async def login(self, **kwargs: Any) -> kopf.AiohttpSession | None:
         # async: kopf runs it on the operator's event loop, where the session must live (a sync login would run
         # in a worker thread without a loop).
-        info = kopf.login_via_client(**kwargs)  # the pod's service account in a cluster, else the kubeconfig
+        info = login(**kwargs)  # kopf's own: the pod's service account in a cluster, else the kubeconfig
         if info is None:
             return None
         if self.on_login is not None:
