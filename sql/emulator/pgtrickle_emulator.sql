@@ -1384,7 +1384,7 @@ BEGIN
                                  (SELECT string_agg(format('r.k%s', o), ', ') FROM generate_series(1, cardinality(p_plan.key_exprs)) o));
     END LOOP;
     EXECUTE format($q$
-        WITH r AS MATERIALIZED (%1$s),
+        WITH r AS NOT MATERIALIZED (%1$s),  -- read once per use (in the statement's one snapshot), never spooled
              grouped AS MATERIALIZED (%2$s),
              fill AS (INSERT INTO %3$s (%4$s) SELECT * FROM grouped)
              %5$s,
