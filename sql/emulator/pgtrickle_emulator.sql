@@ -9,7 +9,7 @@
 -- its source, its test, and whether the emulator does the same.
 
 CREATE SCHEMA pgtrickle;
-COMMENT ON SCHEMA pgtrickle IS 'pg_trickle emulator (full recomputation with row-level diff); not the real extension';
+COMMENT ON SCHEMA pgtrickle IS 'pg_trickle emulator (incremental aggregates, otherwise recomputation with row-level diff); not the real extension';
 
 -- ---------------------------------------------------------------------------------------------------
 -- Catalog (columns, types, defaults and CHECK sets of pg_trickle 0.67)
@@ -219,7 +219,7 @@ END $$;
 
 CREATE FUNCTION pgtrickle.version() RETURNS text
 LANGUAGE sql STABLE AS $$
-    SELECT 'emulator 0.1.0 of the pg_trickle 0.67 SQL surface (full recomputation with row-level diff; PostgreSQL '
+    SELECT 'emulator 0.1.0 of the pg_trickle 0.67 SQL surface (incremental aggregates, otherwise recomputation with row-level diff; PostgreSQL '
            || current_setting('server_version') || ')'
 $$;
 
@@ -1252,7 +1252,11 @@ BEGIN
                 WHERE c.relnamespace = 'pgtrickle_changes'::pg_catalog.regnamespace AND c.relkind = 'r'
                   AND (c.relname = 'emulator_state_' || p_pgt_id
                        OR c.relname LIKE 'emulator\_distinct\_' || p_pgt_id || '\_%') LOOP
-        EXECUTE format('DROP TABLE IF EXISTS %s', rel);
+        BEGIN
+            EXECUTE format('DROP TABLE IF EXISTS %s', rel);
+        EXCEPTION WHEN insufficient_privilege THEN
+            NULL;  -- another role's state (see emulator_delta_refresh): left to its owner, and marked stale below
+        END;
     END LOOP;
     IF p_forget_plan THEN
         DELETE FROM pgtrickle.emulator_delta_plans WHERE pgt_id = p_pgt_id;
@@ -1540,6 +1544,13 @@ BEGIN
     IF st.refresh_mode <> 'DIFFERENTIAL' OR st.topk_limit IS NOT NULL THEN
         RETURN;
     END IF;
+    -- The state belongs to the stream table's owner: another role (a superuser's manual refresh included)
+    -- recomputes, which leaves the state behind.
+    IF (SELECT c.relowner FROM pg_catalog.pg_class c WHERE c.oid = st.pgt_relid)
+       IS DISTINCT FROM (SELECT r.oid FROM pg_catalog.pg_roles r WHERE r.rolname = current_user) THEN
+        UPDATE pgtrickle.emulator_delta_plans SET state_valid = false WHERE pgt_id = p_pgt_id AND state_valid;
+        RETURN;
+    END IF;
     SELECT * INTO plan FROM pgtrickle.emulator_delta_plans WHERE pgt_id = p_pgt_id;
     IF NOT FOUND THEN
         plan := pgtrickle.emulator_delta_plan(p_pgt_id);
@@ -1593,7 +1604,7 @@ BEGIN
     EXCEPTION WHEN OTHERS THEN
         -- Never trust this plan again when its state disagreed or could not be built; a data error of the
         -- query itself (class 22) is the recomputation's to report.
-        IF SQLSTATE NOT LIKE '22%' AND SQLSTATE <> '40001' THEN
+        IF SQLSTATE NOT LIKE '22%' AND SQLSTATE NOT IN ('40001', '42501') THEN
             UPDATE pgtrickle.emulator_delta_plans SET supported = false, reason = 'state rebuild failed: ' || SQLERRM
              WHERE pgt_id = p_pgt_id;
         END IF;
