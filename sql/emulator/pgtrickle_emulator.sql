@@ -1052,11 +1052,12 @@ BEGIN
             RAISE EXCEPTION USING MESSAGE = 'no GROUP BY';
         END IF;
         select_list := substr(def, 7, from_at - 7);
-        plan.from_sql := btrim(substr(def, from_at + 4, CASE WHEN where_at > 0 THEN where_at ELSE group_at END - from_at - 4));
+        plan.from_sql := btrim(substr(def, from_at + 4, CASE WHEN where_at > 0 THEN where_at ELSE group_at END - from_at - 4),
+                               E' \t\n\r');
         IF where_at > 0 THEN
-            plan.where_sql := btrim(substr(def, where_at + 5, group_at - where_at - 5));
+            plan.where_sql := btrim(substr(def, where_at + 5, group_at - where_at - 5), E' \t\n\r');
         END IF;
-        group_list := btrim(regexp_replace(substr(def, group_at), '^GROUP\s+BY\s+', '', 'i'));
+        group_list := btrim(regexp_replace(substr(def, group_at), '^GROUP\s+BY\s+', '', 'i'), E' \t\n\r');
         keys := pgtrickle.emulator_split_top_level(group_list);
         items := pgtrickle.emulator_split_top_level(select_list);
         storage_cols := pgtrickle.emulator_columns(st.pgt_relid);
@@ -1168,7 +1169,7 @@ BEGIN
             alias := NULL;
             aliased := false;
             nullable := false;
-            ref_at := strpos(lit, ref || ' ');
+            ref_at := regexp_instr(lit || ' ', '(?<![\w.$"])' || regexp_replace(ref, '([.$"])', '\\\1', 'g') || '\s');
             IF src.source_stable_name IS NULL THEN
                 ok := false; why := 'no change buffer';
             ELSIF regexp_count(pgtrickle.emulator_literal_mask(def), '(?<![\w.$"])' || regexp_replace(ref, '([.$"])', '\\\1', 'g') || '(?![\w$"])') <> 1
@@ -1218,7 +1219,9 @@ BEGIN
         END LOOP;
         plan.sources := sources;
         IF NOT jsonb_path_exists(sources, '$.* ? (@.ok == true)') THEN
-            RAISE EXCEPTION USING MESSAGE = 'no source whose change buffer the delta can read';
+            RAISE EXCEPTION USING MESSAGE = 'no source whose change buffer the delta can read ('
+                || (SELECT string_agg(format('%s: %s', e.value ->> 'ref', e.value ->> 'reason'), '; ')
+                      FROM jsonb_each(sources) e) || ')';
         END IF;
         plan.supported := true;
     EXCEPTION WHEN OTHERS THEN
@@ -1286,7 +1289,8 @@ BEGIN
             ON b.attrelid = format('pgtrickle_changes.%I', 'changes_' || (src ->> 'buffer'))::pg_catalog.regclass
            AND b.attname = pgtrickle.emulator_cb_col_name(a.attname) AND NOT b.attisdropped
          WHERE a.attrelid = p_source AND a.attnum > 0 AND NOT a.attisdropped;
-        at := strpos(pgtrickle.emulator_literal_mask(from_sql) || ' ', (src ->> 'ref') || ' ');
+        at := regexp_instr(pgtrickle.emulator_literal_mask(from_sql) || ' ',
+                           '(?<![\w.$"])' || regexp_replace(src ->> 'ref', '([.$"])', '\\\1', 'g') || '\s');
         from_sql := overlay(from_sql PLACING
                         format('(SELECT %s, true AS __pgt_delta FROM pgtrickle_changes.%I b'
                                ' WHERE b.change_id > %s AND b.change_id <= %s AND b.action = ''I'')%s',
