@@ -974,6 +974,31 @@ class Run:
         return {(st, source.removeprefix("public.")): n for st, source, n in rows}
 
 
+def _incremental_figures(run: Run) -> dict[str, tuple] | None:
+    """Where the emulator keeps incremental plans (pgtrickle.emulator_delta_plans, issue 18's aggregate path):
+    per stream table (supported, incremental refreshes, state rebuilds); None without that path."""
+    (plans,) = run.owner.execute("SELECT to_regclass('pgtrickle.emulator_delta_plans') IS NOT NULL").fetchone()
+    if not plans:
+        return None
+    rows = run.owner.execute(
+        "SELECT st.pgt_name, p.supported, p.incremental_refreshes, p.state_rebuilds"
+        " FROM pgtrickle.emulator_delta_plans p JOIN pgtrickle.pgt_stream_tables st ON st.pgt_id = p.pgt_id"
+        " ORDER BY st.pgt_name"
+    ).fetchall()
+    return {name: (supported, incremental, rebuilds) for name, supported, incremental, rebuilds in rows}
+
+
+def _report_incremental(run: Run) -> None:
+    """Prints what the incremental path did; when it supports a table here, it must have been used."""
+    figures = _incremental_figures(run)
+    if figures is None:
+        return
+    used = {name: f[1:] for name, f in figures.items() if f[0]}
+    print(f"  incremental path (refreshes, rebuilds) per supported table: {used}")
+    if used:
+        assert sum(f[0] for f in used.values()) > 0, f"{run.where()}\n  the incremental path never ran: {figures}"
+
+
 def _drive(run: Run) -> dict[str, int]:
     insert_run = 0
     reinit_step = run.steps // 2
@@ -1027,6 +1052,7 @@ def test_every_stream_table_equals_its_query_after_random_changes(demo_db, engin
             f" refreshed by {run.refresh_ways}: {refreshes}"
         )
         assert refreshes.get("SCHEDULER DIFFERENTIAL", 0) >= steps, f"{run.where()}\n  refreshes {refreshes}"
+        _report_incremental(run)
 
         # After a full refresh the change buffers hold nothing: every reader consumed every change.
         run.step = steps
@@ -1097,6 +1123,7 @@ def test_stream_tables_exact_after_ticks_racing_an_insert_only_writer(demo_db, e
         run.log.append(f"{ticks}: writer stopped after {batches[0]} batches; tick")
         run.tick()
         print(f"\n{scenario}: seed {seed}, {ticks} ticks racing {batches[0]} insert-only batches")
+        _report_incremental(run)
         assert batches[0] >= ticks, f"{run.where()}\n  the writer committed only {batches[0]} batches"
         run.check_statuses()
         run.check_tables()
