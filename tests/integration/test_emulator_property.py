@@ -152,6 +152,7 @@ class Ecommerce(Driver):
     PRICES = ["1.5", "1.50", "0.01", "19.99", "20", "20.00", "249.95", "4999.9"]
     QUANTITIES = [1, 1, 1, 2, 3, 7, 100]
     COUNTRIES = ["US", "GB", "DE", "FR", "JP", "ZZ"]
+    ORDER_COLUMNS = ["customer_id", "product_id", "quantity", "unit_price", "generator_run_id", "generator_seq"]
 
     def order_rows(self, n: int, customers: list[int], products: list[int]) -> list[tuple]:
         rows = []
@@ -167,18 +168,14 @@ class Ecommerce(Driver):
                 rows.append(row)
         return [(*r, *self.generator_columns()) for r in rows]
 
-    ORDER_COLUMNS = ["customer_id", "product_id", "quantity", "unit_price", "generator_run_id", "generator_seq"]
-
-    def insert_events(self, conn=None, customers=None, products=None) -> str:
-        rows = self.order_rows(
-            self.event_batch_size(), customers or self.ids("customers"), products or self.ids("products")
-        )
+    def insert_events(self) -> str:
+        rows = self.order_rows(self.event_batch_size(), self.ids("customers"), self.ids("products"))
 
         def body(cur):
             self.insert(cur, "orders", self.ORDER_COLUMNS, rows)
             return f"{len(rows)} orders"
 
-        return self.in_transaction(conn or self.writer, body)
+        return self.in_transaction(self.writer, body)
 
     def update_events(self) -> str:
         picked = self.sample(self.ids("orders"), self.rng.randint(1, 6))
