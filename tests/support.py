@@ -63,17 +63,44 @@ def scenario_defining_queries(scenario: str) -> dict[str, dict[str, str]]:
     }
 
 
-def stream_table_differences(conn, name: str, query: str) -> tuple[int, int, int]:
-    """(rows stored, stored rows the query does not produce, produced rows not stored), as multisets over
-    the query's own columns (the engine adds bookkeeping columns such as __pgt_row_id)."""
+def _stored_and_fresh(conn, name: str, query: str, exact_text: bool):
     from psycopg import sql
 
     with conn.cursor() as cur:
         cur.execute(sql.SQL("SELECT * FROM ({}) AS q LIMIT 0").format(sql.SQL(query)))
-        columns = sql.SQL(", ").join(sql.Identifier(col.name) for col in cur.description)
-    stored = sql.SQL("SELECT {} FROM {}").format(columns, sql.Identifier(name))
-    fresh = sql.SQL("SELECT * FROM ({}) AS q").format(sql.SQL(query))
+        names = [col.name for col in cur.description]
+    columns = sql.SQL(", ").join(sql.Identifier(n) for n in names)
+    if exact_text:  # each row as its text form: 1.5 and 1.50 differ, as do 0 and 0.00
+        stored = sql.SQL("SELECT ROW({})::text AS r FROM {}").format(columns, sql.Identifier(name))
+        fresh = sql.SQL("SELECT ROW({})::text AS r FROM ({}) AS q").format(
+            sql.SQL(", ").join(sql.SQL("q.{}").format(sql.Identifier(n)) for n in names), sql.SQL(query)
+        )
+    else:
+        stored = sql.SQL("SELECT {} FROM {}").format(columns, sql.Identifier(name))
+        fresh = sql.SQL("SELECT * FROM ({}) AS q").format(sql.SQL(query))
+    return stored, fresh
+
+
+def stream_table_differences(conn, name: str, query: str, *, exact_text: bool = False) -> tuple[int, int, int]:
+    """(rows stored, stored rows the query does not produce, produced rows not stored), as multisets over
+    the query's own columns (the engine adds bookkeeping columns such as __pgt_row_id). Rows compare with
+    their types' equality, or with exact_text by their text form (stricter: numeric scales must match)."""
+    from psycopg import sql
+
+    stored, fresh = _stored_and_fresh(conn, name, query, exact_text)
     (rows,) = conn.execute(sql.SQL("SELECT count(*) FROM {}").format(sql.Identifier(name))).fetchone()
     (extra,) = conn.execute(sql.SQL("SELECT count(*) FROM ({} EXCEPT ALL {}) AS d").format(stored, fresh)).fetchone()
     (missing,) = conn.execute(sql.SQL("SELECT count(*) FROM ({} EXCEPT ALL {}) AS d").format(fresh, stored)).fetchone()
     return rows, extra, missing
+
+
+def stream_table_difference_samples(conn, name: str, query: str, limit: int = 5) -> tuple[list[str], list[str]]:
+    """Up to `limit` rows (text form) stored but not produced by the query, and produced but not stored:
+    for failure messages."""
+    from psycopg import sql
+
+    stored, fresh = _stored_and_fresh(conn, name, query, True)
+    pick = "SELECT r FROM ({} EXCEPT ALL {}) AS d ORDER BY r LIMIT {}"
+    extra = [r for (r,) in conn.execute(sql.SQL(pick).format(stored, fresh, sql.Literal(limit)))]
+    missing = [r for (r,) in conn.execute(sql.SQL(pick).format(fresh, stored, sql.Literal(limit)))]
+    return extra, missing
