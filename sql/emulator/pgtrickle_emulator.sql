@@ -1171,7 +1171,9 @@ BEGIN
             nullable := false;
             ref_at := regexp_instr(lit || ' ', '(?<![\w.$"])' || regexp_replace(ref, '([.$"])', '\\\1', 'g') || '\s');
             IF src.source_stable_name IS NULL THEN
-                ok := false; why := 'no change buffer';
+                -- A stream table has no change buffer: each of its changes recomputes and leaves the state stale,
+                -- so a state next to it would cost rebuilds and rarely serve (src/dvm/diff.rs keeps its own).
+                RAISE EXCEPTION USING MESSAGE = format('reads %s, which has no change buffer (a stream table)', ref);
             ELSIF regexp_count(pgtrickle.emulator_literal_mask(def), '(?<![\w.$"])' || regexp_replace(ref, '([.$"])', '\\\1', 'g') || '(?![\w$"])') <> 1
                   OR ref_at = 0 THEN
                 ok := false; why := 'read more than once, or not by name';

@@ -992,8 +992,8 @@ def _report_incremental(run: Run) -> None:
         return
     used = {name: f[1:] for name, f in figures.items() if f[0]}
     print(f"  incremental path (refreshes, rebuilds) per supported table: {used}")
-    if used:
-        assert sum(f[0] for f in used.values()) > 0, f"{run.where()}\n  the incremental path never ran: {figures}"
+    unused = [name for name, (incremental, _rebuilds) in used.items() if incremental == 0]
+    assert used and not unused, f"{run.where()}\n  supported but never incremental: {unused}; plans: {figures}"
 
 
 def _drive(run: Run) -> dict[str, int]:
