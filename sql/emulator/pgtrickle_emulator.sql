@@ -9,7 +9,7 @@
 -- its source, its test, and whether the emulator does the same.
 
 CREATE SCHEMA pgtrickle;
-COMMENT ON SCHEMA pgtrickle IS 'pg_trickle emulator (full recomputation with row-level diff); not the real extension';
+COMMENT ON SCHEMA pgtrickle IS 'pg_trickle emulator (incremental aggregates, otherwise recomputation with row-level diff); not the real extension';
 
 -- ---------------------------------------------------------------------------------------------------
 -- Catalog (columns, types, defaults and CHECK sets of pg_trickle 0.67)
@@ -219,7 +219,7 @@ END $$;
 
 CREATE FUNCTION pgtrickle.version() RETURNS text
 LANGUAGE sql STABLE AS $$
-    SELECT 'emulator 0.1.0 of the pg_trickle 0.67 SQL surface (full recomputation with row-level diff; PostgreSQL '
+    SELECT 'emulator 0.1.0 of the pg_trickle 0.67 SQL surface (incremental aggregates, otherwise recomputation with row-level diff; PostgreSQL '
            || current_setting('server_version') || ')'
 $$;
 
@@ -887,6 +887,736 @@ LANGUAGE sql STABLE AS $$
 $$;
 
 -- ---------------------------------------------------------------------------------------------------
+-- Incremental maintenance of aggregates (issue 18): the refresh cost follows the change, not the history
+-- ---------------------------------------------------------------------------------------------------
+-- pg_trickle maintains an aggregate from the change since the last refresh (src/dvm/operators/aggregate.rs,
+-- diff_aggregate): COUNT and SUM algebraically (is_algebraically_invertible), AVG through auxiliary running
+-- sum and count columns (is_algebraic_via_aux), MIN/MAX semi-algebraically, COUNT(DISTINCT) and the rest by
+-- rescanning the affected groups (build_rescan_cte). The emulator does the same for the case it can keep
+-- exactly: a DIFFERENTIAL stream table whose defining query is a plain aggregate (SELECT ... FROM <joins>
+-- [WHERE ...] GROUP BY ..., no subquery, HAVING, DISTINCT, window, set operation or TopK) over COUNT, SUM, AVG
+-- (integer and numeric arguments: exact), MIN, MAX and COUNT(DISTINCT), when since its last refresh exactly one
+-- source changed and that source's change buffer holds only INSERTs (the event tables are append-only). Its
+-- state (the groups with their running counts, sums, extremes, and the distinct values per group) lives in
+-- pgtrickle_changes.emulator_state_<pgt_id> and emulator_distinct_<pgt_id>_<n>, tables of the refreshing role
+-- beside the change buffers. Any other refresh recomputes, rebuilds the state from that recomputation and
+-- checks it against the defining query (a plan whose state ever disagrees is never used again). The
+-- defining query is read from PostgreSQL's own deparse of it (pg_get_viewdef, every relation schema-qualified).
+
+CREATE TABLE pgtrickle.emulator_delta_plans (
+    pgt_id                 bigint PRIMARY KEY REFERENCES pgtrickle.pgt_stream_tables (pgt_id) ON DELETE CASCADE,
+    supported              boolean NOT NULL,
+    reason                 text,                -- why the query is recomputed (NULL when supported)
+    from_sql               text,                -- the FROM clause of the deparsed query
+    where_sql              text,                -- its WHERE condition, or NULL
+    key_exprs              text[],              -- GROUP BY expressions, then other non-aggregate outputs
+    agg_kinds              text[],              -- count_star, count, count_distinct, sum, avg, min, max
+    agg_args               text[],
+    projection             text[],              -- per storage column, an expression over the state row s
+    sources                jsonb,               -- relid -> {ref, alias, ok, reason}
+    state_valid            boolean NOT NULL DEFAULT false,
+    incremental_refreshes  bigint NOT NULL DEFAULT 0,
+    state_rebuilds         bigint NOT NULL DEFAULT 0
+);
+
+-- The position of the parenthesis closing the one at p_open (literals and quoted names skipped), or 0.
+CREATE FUNCTION pgtrickle.emulator_closing_paren(p_text text, p_open integer) RETURNS integer
+LANGUAGE plpgsql IMMUTABLE AS $$
+DECLARE
+    pos integer := strpos(pgtrickle.emulator_top_level_mask(substr(p_text, p_open + 1)), ')');
+BEGIN
+    RETURN CASE WHEN pos = 0 THEN 0 ELSE p_open + pos END;
+END $$;
+
+-- p_text split at its top-level commas (outside parentheses, literals and quoted names), each part trimmed.
+CREATE FUNCTION pgtrickle.emulator_split_top_level(p_text text) RETURNS text[]
+LANGUAGE plpgsql IMMUTABLE AS $$
+DECLARE
+    m text := pgtrickle.emulator_top_level_mask(p_text);
+    parts text[] := '{}';
+    start integer := 1;
+    i integer;
+BEGIN
+    FOR i IN 1 .. length(m) LOOP
+        IF substr(m, i, 1) = ',' THEN
+            parts := parts || btrim(substr(p_text, start, i - start), E' \t\n\r');
+            start := i + 1;
+        END IF;
+    END LOOP;
+    RETURN parts || btrim(substr(p_text, start), E' \t\n\r');
+END $$;
+
+-- The text with every literal and quoted name blanked (same length): what a search for calls may read.
+CREATE FUNCTION pgtrickle.emulator_literal_mask(p_text text) RETURNS text
+LANGUAGE plpgsql IMMUTABLE AS $$
+DECLARE
+    result text := p_text;
+    at integer := 1;
+    q integer;
+    close integer;
+    quote text;
+BEGIN
+    LOOP
+        q := regexp_instr(result, '[''"]', at);
+        EXIT WHEN q = 0;
+        quote := substr(result, q, 1);
+        close := q;
+        LOOP
+            close := strpos(substr(result, close + 1), quote) + close;
+            EXIT WHEN close = q OR substr(result, close + 1, 1) <> quote;
+            close := close + 1;  -- a doubled quote inside the literal
+        END LOOP;
+        IF close = q THEN
+            close := length(result);
+        END IF;
+        result := overlay(result PLACING repeat(' ', close - q + 1) FROM q FOR close - q + 1);
+        at := close + 1;
+    END LOOP;
+    RETURN result;
+END $$;
+
+-- Analyses a stream table's defining query and records its plan (supported or the reason it is not).
+CREATE FUNCTION pgtrickle.emulator_delta_plan(p_pgt_id bigint) RETURNS pgtrickle.emulator_delta_plans
+LANGUAGE plpgsql AS $$
+DECLARE
+    st pgtrickle.pgt_stream_tables;
+    plan pgtrickle.emulator_delta_plans;
+    saved_path text := current_setting('search_path');
+    def text;
+    m text;
+    from_at integer;
+    where_at integer;
+    group_at integer;
+    select_list text;
+    group_list text;
+    items text[];
+    item text;
+    expr text;
+    lit text;
+    keys text[];
+    kinds text[] := '{}';
+    args text[] := '{}';
+    proj text[] := '{}';
+    storage_cols text[];
+    call record;
+    pos integer;
+    close integer;
+    fname text;
+    arg text;
+    kind text;
+    idx integer;
+    replaced text;
+    arg_types text[];
+    src record;
+    sources jsonb := '{}';
+    ref text;
+    ref_at integer;
+    alias text;
+    nullable boolean;
+    aliased boolean;
+    ok boolean;
+    why text;
+    depth_left text;
+BEGIN
+    SELECT * INTO STRICT st FROM pgtrickle.pgt_stream_tables WHERE pgt_id = p_pgt_id;
+    plan.pgt_id := p_pgt_id;
+    plan.supported := false;
+    DELETE FROM pgtrickle.emulator_delta_plans WHERE pgt_id = p_pgt_id;
+    BEGIN
+        IF st.topk_limit IS NOT NULL THEN
+            RAISE EXCEPTION USING MESSAGE = 'a TopK stream table';
+        END IF;
+        EXECUTE format('CREATE TEMPORARY VIEW pgt_emulator_delta_probe AS %s', st.defining_query);
+        PERFORM set_config('search_path', 'pg_catalog, pg_temp', true);
+        def := pg_catalog.pg_get_viewdef('pg_temp.pgt_emulator_delta_probe'::pg_catalog.regclass, false);
+        PERFORM pg_catalog.set_config('search_path', saved_path, true);
+        DROP VIEW pg_temp.pgt_emulator_delta_probe;
+        def := rtrim(btrim(def, E' \t\n\r'), ';');
+        m := pgtrickle.emulator_top_level_mask(def);
+        IF m !~ '^SELECT\s' OR m ~ '^SELECT\s+DISTINCT\M' THEN
+            RAISE EXCEPTION USING MESSAGE = 'not a plain SELECT';
+        END IF;
+        IF m ~ '\m(HAVING|WINDOW|UNION|INTERSECT|EXCEPT|ORDER|LIMIT|OFFSET|FETCH|WITH)\M' THEN
+            RAISE EXCEPTION USING MESSAGE = 'HAVING, WINDOW, set operations, ORDER BY or LIMIT';
+        END IF;
+        IF regexp_count(upper(pgtrickle.emulator_literal_mask(def)), '\mSELECT\M') <> 1 THEN
+            RAISE EXCEPTION USING MESSAGE = 'a subquery';
+        END IF;
+        IF upper(pgtrickle.emulator_literal_mask(def)) ~ '\m(OVER|FILTER|WITHIN|GROUPING|ROLLUP|CUBE|LATERAL|RIGHT|FULL)\M' THEN
+            RAISE EXCEPTION USING MESSAGE = 'a window, FILTER, ordered-set aggregate, grouping set, LATERAL, RIGHT or FULL join';
+        END IF;
+        from_at := regexp_instr(m, '\mFROM\M');
+        where_at := regexp_instr(m, '\mWHERE\M');
+        group_at := regexp_instr(m, '\mGROUP\s+BY\M');
+        IF from_at = 0 OR group_at = 0 THEN
+            RAISE EXCEPTION USING MESSAGE = 'no GROUP BY';
+        END IF;
+        select_list := substr(def, 7, from_at - 7);
+        plan.from_sql := btrim(substr(def, from_at + 4, CASE WHEN where_at > 0 THEN where_at ELSE group_at END - from_at - 4),
+                               E' \t\n\r');
+        IF where_at > 0 THEN
+            plan.where_sql := btrim(substr(def, where_at + 5, group_at - where_at - 5), E' \t\n\r');
+        END IF;
+        group_list := btrim(regexp_replace(substr(def, group_at), '^GROUP\s+BY\s+', '', 'i'), E' \t\n\r');
+        keys := pgtrickle.emulator_split_top_level(group_list);
+        items := pgtrickle.emulator_split_top_level(select_list);
+        storage_cols := pgtrickle.emulator_columns(st.pgt_relid);
+        IF cardinality(items) <> cardinality(storage_cols) THEN
+            RAISE EXCEPTION USING MESSAGE = 'the storage columns differ from the query''s';
+        END IF;
+        FOREACH item IN ARRAY items LOOP
+            -- "expr AS alias": the alias is the storage column (matched by position).
+            pos := regexp_instr(pgtrickle.emulator_top_level_mask(item), '\sAS\s+\S+$');
+            expr := btrim(CASE WHEN pos > 0 THEN substr(item, 1, pos - 1) ELSE item END);
+            lit := pgtrickle.emulator_literal_mask(expr);
+            IF lit !~* '(?<![\w.$"])(count|sum|avg|min|max)\s*\(' THEN
+                -- not an aggregate: a grouping expression, or an expression of them (grouped by as well)
+                idx := array_position(keys, expr);
+                IF idx IS NULL THEN
+                    keys := keys || expr;  -- functionally dependent on the groups: grouped by as well
+                    idx := cardinality(keys);
+                END IF;
+                proj := proj || format('s.k%s', idx);
+                CONTINUE;
+            END IF;
+            -- Replace every aggregate call by its state expression, right to left (positions stay valid).
+            replaced := expr;
+            LOOP
+                lit := pgtrickle.emulator_literal_mask(replaced);
+                idx := regexp_count(lit, '(?<![\w.$"])(count|sum|avg|min|max)\s*\(', 1, 'i');
+                EXIT WHEN idx = 0;
+                pos := regexp_instr(lit, '(?<![\w.$"])(count|sum|avg|min|max)\s*\(', 1, idx, 0, 'i');
+                fname := lower(substring(substr(lit, pos) FROM '^([A-Za-z]+)'));
+                close := pgtrickle.emulator_closing_paren(replaced, strpos(substr(replaced, pos), '(') + pos - 1);
+                IF close = 0 THEN
+                    RAISE EXCEPTION USING MESSAGE = 'unbalanced aggregate call';
+                END IF;
+                arg := btrim(substr(replaced, strpos(substr(replaced, pos), '(') + pos, close - (strpos(substr(replaced, pos), '(') + pos)));
+                IF arg ~* '\mORDER\s+BY\M' THEN
+                    RAISE EXCEPTION USING MESSAGE = 'an ordered aggregate';
+                END IF;
+                kind := fname;
+                IF fname = 'count' AND arg = '*' THEN
+                    kind := 'count_star';
+                    arg := NULL;
+                ELSIF arg ~* '^DISTINCT\s' THEN
+                    IF fname <> 'count' THEN
+                        RAISE EXCEPTION USING MESSAGE = format('%s(DISTINCT ...)', fname);
+                    END IF;
+                    kind := 'count_distinct';
+                    arg := btrim(regexp_replace(arg, '^DISTINCT\s+', '', 'i'));
+                END IF;
+                IF arg IS NOT NULL AND pgtrickle.emulator_top_level_mask(arg) ~ ',' THEN
+                    RAISE EXCEPTION USING MESSAGE = 'an aggregate of several arguments';
+                END IF;
+                idx := NULL;
+                FOR i IN 1 .. cardinality(kinds) LOOP
+                    IF kinds[i] = kind AND args[i] IS NOT DISTINCT FROM arg THEN
+                        idx := i;
+                    END IF;
+                END LOOP;
+                IF idx IS NULL THEN
+                    kinds := kinds || kind;
+                    args := args || arg;
+                    idx := cardinality(kinds);
+                END IF;
+                replaced := overlay(replaced PLACING format('(%s)', CASE kind
+                                WHEN 'avg' THEN format('(s.s%1$s)::numeric / (s.n%1$s)::numeric', idx)
+                                WHEN 'count_star' THEN format('s.c%s', idx)
+                                WHEN 'count' THEN format('s.c%s', idx)
+                                WHEN 'count_distinct' THEN format('s.d%s', idx)
+                                WHEN 'sum' THEN format('s.s%s', idx)
+                                ELSE format('s.m%s', idx) END)
+                            FROM pos FOR close - pos + 1);
+            END LOOP;
+            -- What remains outside the calls may not read a column (it would not be in the state).
+            IF pgtrickle.emulator_literal_mask(replaced) ~ '(?<![\w.$"])(?!s\.)[A-Za-z_][\w$]*\.[A-Za-z_"]' THEN
+                RAISE EXCEPTION USING MESSAGE = 'a column outside the aggregate calls of an output expression';
+            END IF;
+            proj := proj || replaced;
+        END LOOP;
+        IF cardinality(kinds) = 0 THEN
+            RAISE EXCEPTION USING MESSAGE = 'no aggregate';
+        END IF;
+        plan.key_exprs := keys;
+        plan.agg_kinds := kinds;
+        plan.agg_args := args;
+        plan.projection := proj;
+        -- Argument types: SUM and AVG are kept exactly for integers and numeric only (float sums depend on
+        -- the order of addition).
+        EXECUTE format('CREATE TEMPORARY VIEW pgt_emulator_delta_probe AS SELECT %s FROM %s',
+                       (SELECT string_agg(coalesce(a, 'NULL::int4') || format(' AS a%s', o), ', ' ORDER BY o)
+                          FROM unnest(args) WITH ORDINALITY u(a, o)), plan.from_sql);
+        SELECT array_agg(format_type(atttypid, NULL) ORDER BY attnum) INTO arg_types
+          FROM pg_catalog.pg_attribute WHERE attrelid = 'pg_temp.pgt_emulator_delta_probe'::regclass AND attnum > 0;
+        DROP VIEW pg_temp.pgt_emulator_delta_probe;
+        FOR i IN 1 .. cardinality(kinds) LOOP
+            IF kinds[i] IN ('sum', 'avg') AND arg_types[i] NOT IN ('smallint', 'integer', 'bigint', 'numeric') THEN
+                RAISE EXCEPTION USING MESSAGE = format('%s over %s', upper(kinds[i]), arg_types[i]);
+            END IF;
+        END LOOP;
+        -- Per source: where it appears, and whether an insert-only change of it can be applied as a delta.
+        FOR src IN SELECT d.source_relid, t.source_stable_name, n.nspname, c.relname
+                     FROM pgtrickle.pgt_dependencies d
+                     JOIN pg_catalog.pg_class c ON c.oid = d.source_relid
+                     JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+                     LEFT JOIN pgtrickle.pgt_change_tracking t ON t.source_relid = d.source_relid
+                    WHERE d.pgt_id = p_pgt_id LOOP
+            ref := quote_ident(src.nspname) || '.' || quote_ident(src.relname);
+            lit := pgtrickle.emulator_literal_mask(plan.from_sql);
+            ok := true;
+            why := NULL;
+            alias := NULL;
+            aliased := false;
+            nullable := false;
+            ref_at := regexp_instr(lit || ' ', '(?<![\w.$"])' || regexp_replace(ref, '([.$"])', '\\\1', 'g') || '\s');
+            IF src.source_stable_name IS NULL THEN
+                ok := false; why := 'no change buffer';
+            ELSIF regexp_count(pgtrickle.emulator_literal_mask(def), '(?<![\w.$"])' || regexp_replace(ref, '([.$"])', '\\\1', 'g') || '(?![\w$"])') <> 1
+                  OR ref_at = 0 THEN
+                ok := false; why := 'read more than once, or not by name';
+            ELSE
+                alias := substring(substr(plan.from_sql, ref_at + length(ref)) FROM '^\s+([A-Za-z_][\w$]*|"(?:[^"]|"")+")');
+                aliased := alias IS NOT NULL
+                           AND upper(alias) NOT IN ('ON', 'JOIN', 'LEFT', 'INNER', 'CROSS', 'NATURAL', 'USING', 'RIGHT', 'FULL');
+                IF NOT aliased THEN
+                    alias := quote_ident(src.relname);
+                END IF;
+                -- On the nullable side of a LEFT JOIN: right after LEFT JOIN, or inside parentheses opened there.
+                depth_left := substr(upper(lit), 1, ref_at - 1);
+                nullable := depth_left ~ 'LEFT\s+(OUTER\s+)?JOIN\s*$';
+                IF NOT nullable THEN
+                    pos := 0;
+                    LOOP
+                        pos := regexp_instr(depth_left, 'LEFT\s+(OUTER\s+)?JOIN\s*\(', pos + 1, 1, 1);
+                        EXIT WHEN pos = 0;
+                        close := pgtrickle.emulator_closing_paren(plan.from_sql, pos - 1);
+                        IF close = 0 OR close > ref_at THEN
+                            nullable := true;
+                            EXIT;
+                        END IF;
+                    END LOOP;
+                END IF;
+                IF nullable THEN
+                    -- Rows the LEFT JOIN extends with NULLs must add nothing: every aggregate reads only this
+                    -- source's columns through strict operators, and no output groups by them.
+                    FOR i IN 1 .. cardinality(kinds) LOOP
+                        IF kinds[i] = 'count_star'
+                           OR regexp_replace(args[i], '(?<![\w$"])' || regexp_replace(alias, '([.$"])', '\\\1', 'g')
+                                             || '\.("(?:[^"]|"")+"|[A-Za-z_][\w$]*)|\(|\)|::[A-Za-z_][\w ]*|[-+*/]|\s|\m[0-9.]+\M', '', 'g') <> '' THEN
+                            ok := false; why := 'an aggregate that counts the rows a LEFT JOIN adds';
+                        END IF;
+                    END LOOP;
+                    FOREACH expr IN ARRAY keys LOOP
+                        IF expr ~ ('(?<![\w$"])' || regexp_replace(alias, '([.$"])', '\\\1', 'g') || '\.') THEN
+                            ok := false; why := 'a group of columns a LEFT JOIN may extend with NULLs';
+                        END IF;
+                    END LOOP;
+                END IF;
+            END IF;
+            sources := sources || jsonb_build_object(src.source_relid::text, jsonb_build_object(
+                'ref', ref, 'alias', alias, 'aliased', aliased, 'buffer', src.source_stable_name, 'nullable', nullable, 'ok', ok, 'reason', why));
+        END LOOP;
+        plan.sources := sources;
+        IF NOT jsonb_path_exists(sources, '$.* ? (@.ok == true)') THEN
+            RAISE EXCEPTION USING MESSAGE = 'no source whose change buffer the delta can read ('
+                || (SELECT string_agg(format('%s: %s', e.value ->> 'ref', e.value ->> 'reason'), '; ')
+                      FROM jsonb_each(sources) e) || ')';
+        END IF;
+        plan.supported := true;
+    EXCEPTION WHEN OTHERS THEN
+        PERFORM pg_catalog.set_config('search_path', saved_path, true);
+        plan.supported := false;
+        plan.reason := SQLERRM;
+        plan.from_sql := NULL; plan.where_sql := NULL; plan.key_exprs := NULL; plan.agg_kinds := NULL;
+        plan.agg_args := NULL; plan.projection := NULL; plan.sources := NULL;
+    END;
+    plan.state_valid := false;
+    plan.incremental_refreshes := 0;
+    plan.state_rebuilds := 0;
+    INSERT INTO pgtrickle.emulator_delta_plans SELECT plan.*;
+    RETURN plan;
+END $$;
+
+-- The state tables of a stream table (the groups; the distinct values of its n-th aggregate).
+CREATE FUNCTION pgtrickle.emulator_state_table(p_pgt_id bigint, p_distinct integer DEFAULT NULL) RETURNS text
+LANGUAGE sql IMMUTABLE AS $$
+    SELECT format('pgtrickle_changes.%I', CASE WHEN p_distinct IS NULL THEN 'emulator_state_' || p_pgt_id
+                                              ELSE format('emulator_distinct_%s_%s', p_pgt_id, p_distinct) END)
+$$;
+
+-- Drops a stream table's state tables; with p_forget_plan its plan too (the query or the mode changed).
+CREATE FUNCTION pgtrickle.emulator_drop_delta_state(p_pgt_id bigint, p_forget_plan boolean DEFAULT false) RETURNS void
+LANGUAGE plpgsql AS $$
+DECLARE
+    rel text;
+BEGIN
+    FOR rel IN SELECT format('pgtrickle_changes.%I', c.relname) FROM pg_catalog.pg_class c
+                WHERE c.relnamespace = 'pgtrickle_changes'::pg_catalog.regnamespace AND c.relkind = 'r'
+                  AND (c.relname = 'emulator_state_' || p_pgt_id
+                       OR c.relname LIKE 'emulator\_distinct\_' || p_pgt_id || '\_%') LOOP
+        BEGIN
+            EXECUTE format('DROP TABLE IF EXISTS %s', rel);
+        EXCEPTION WHEN insufficient_privilege THEN
+            NULL;  -- another role's state (see emulator_delta_refresh): left to its owner, and marked stale below
+        END;
+    END LOOP;
+    IF p_forget_plan THEN
+        DELETE FROM pgtrickle.emulator_delta_plans WHERE pgt_id = p_pgt_id;
+    ELSE
+        UPDATE pgtrickle.emulator_delta_plans SET state_valid = false WHERE pgt_id = p_pgt_id AND state_valid;
+    END IF;
+END $$;
+
+-- The rows the aggregate reads, as k1.. (grouping) and a1.. (aggregate arguments). With p_source, that source
+-- is read from its change buffer: the rows inserted with change_id in (p_from, p_to], and only rows that
+-- joined one of them (a LEFT JOIN's NULL-extended rows add nothing to the aggregates the plan accepts).
+CREATE FUNCTION pgtrickle.emulator_delta_rows_sql(p_plan pgtrickle.emulator_delta_plans, p_source oid DEFAULT NULL,
+                                                  p_from bigint DEFAULT NULL, p_to bigint DEFAULT NULL) RETURNS text
+LANGUAGE plpgsql STABLE AS $$
+DECLARE
+    from_sql text := p_plan.from_sql;
+    where_sql text := p_plan.where_sql;
+    src jsonb;
+    cols text;
+    at integer;
+BEGIN
+    IF p_source IS NOT NULL THEN
+        src := p_plan.sources -> p_source::text;
+        SELECT string_agg(format('b.%I AS %I', b.attname, a.attname), ', ' ORDER BY a.attnum) INTO cols
+          FROM pg_catalog.pg_attribute a
+          JOIN pg_catalog.pg_attribute b
+            ON b.attrelid = format('pgtrickle_changes.%I', 'changes_' || (src ->> 'buffer'))::pg_catalog.regclass
+           AND b.attname = pgtrickle.emulator_cb_col_name(a.attname) AND NOT b.attisdropped
+         WHERE a.attrelid = p_source AND a.attnum > 0 AND NOT a.attisdropped;
+        at := regexp_instr(pgtrickle.emulator_literal_mask(from_sql) || ' ',
+                           '(?<![\w.$"])' || regexp_replace(src ->> 'ref', '([.$"])', '\\\1', 'g') || '\s');
+        from_sql := overlay(from_sql PLACING
+                        format('(SELECT %s, true AS __pgt_delta FROM pgtrickle_changes.%I b'
+                               ' WHERE b.change_id > %s AND b.change_id <= %s AND b.action = ''I'')%s',
+                               cols, 'changes_' || (src ->> 'buffer'), p_from, p_to,
+                               CASE WHEN (src ->> 'aliased')::boolean THEN '' ELSE ' ' || (src ->> 'alias') END)
+                        FROM at FOR length(src ->> 'ref'));
+        where_sql := CASE WHEN where_sql IS NULL THEN '' ELSE format('(%s) AND ', where_sql) END
+                     || format('%s.__pgt_delta', src ->> 'alias');
+    END IF;
+    RETURN format('SELECT %s FROM %s%s',
+                  (SELECT string_agg(x, ', ') FROM (
+                       SELECT format('%s AS k%s', k, o) AS x FROM unnest(p_plan.key_exprs) WITH ORDINALITY u(k, o)
+                       UNION ALL
+                       SELECT format('%s AS a%s', a, o) FROM unnest(p_plan.agg_args) WITH ORDINALITY u(a, o)
+                        WHERE a IS NOT NULL) y),
+                  from_sql, CASE WHEN where_sql IS NULL THEN '' ELSE ' WHERE ' || where_sql END);
+END $$;
+
+-- The state of the groups of rows r: k1.. and, per aggregate n, cn (COUNT), sn (SUM), sn and nn (AVG's running
+-- sum and count), mn (MIN/MAX), dn (COUNT(DISTINCT), counted here; the delta path counts the new values).
+CREATE FUNCTION pgtrickle.emulator_delta_state_sql(p_plan pgtrickle.emulator_delta_plans, p_rows text,
+                                                   p_distinct_counted boolean DEFAULT true) RETURNS text
+LANGUAGE sql STABLE AS $$
+    SELECT format('SELECT %s, %s FROM (%s) r GROUP BY %s', keys, states, p_rows, keys)
+      FROM (SELECT string_agg(format('r.k%s', o), ', ' ORDER BY o) AS keys
+              FROM generate_series(1, cardinality(p_plan.key_exprs)) o) k,
+           (SELECT string_agg(CASE kind
+                       WHEN 'count_star' THEN format('count(*) AS c%s', o)
+                       WHEN 'count' THEN format('count(r.a%1$s) AS c%1$s', o)
+                       WHEN 'count_distinct' THEN CASE WHEN p_distinct_counted THEN format('count(DISTINCT r.a%1$s) AS d%1$s', o)
+                                                       ELSE format('0::bigint AS d%s', o) END
+                       WHEN 'sum' THEN format('sum(r.a%1$s) AS s%1$s', o)
+                       WHEN 'avg' THEN format('sum(r.a%1$s) AS s%1$s, count(r.a%1$s) AS n%1$s', o)
+                       WHEN 'min' THEN format('min(r.a%1$s) AS m%1$s', o)
+                       WHEN 'max' THEN format('max(r.a%1$s) AS m%1$s', o) END, ', ' ORDER BY o) AS states
+              FROM unnest(p_plan.agg_kinds) WITH ORDINALITY u(kind, o)) s
+$$;
+
+-- The storage columns computed from a state row s, and the storage's column list.
+CREATE FUNCTION pgtrickle.emulator_delta_projection_sql(p_plan pgtrickle.emulator_delta_plans) RETURNS text
+LANGUAGE sql IMMUTABLE AS $$
+    SELECT string_agg(p, ', ' ORDER BY o) FROM unnest(p_plan.projection) WITH ORDINALITY u(p, o)
+$$;
+
+-- Raises (40001) unless every source but p_changed still has the change sequence the refresh started from:
+-- read in the snapshot of the statement that computes a delta, so the state never mixes two snapshots.
+CREATE FUNCTION pgtrickle.emulator_delta_guard(p_pgt_id bigint, p_expected jsonb, p_changed oid) RETURNS boolean
+LANGUAGE plpgsql STABLE AS $$
+BEGIN
+    IF EXISTS (SELECT 1 FROM pgtrickle.pgt_dependencies d
+                 LEFT JOIN pgtrickle.emulator_source_changes c ON c.source_relid = d.source_relid
+                WHERE d.pgt_id = p_pgt_id AND d.source_relid IS DISTINCT FROM p_changed
+                  AND coalesce(c.change_seq, 0)
+                      IS DISTINCT FROM coalesce((p_expected -> d.source_relid::text ->> 'change_seq')::bigint, 0)) THEN
+        RAISE EXCEPTION 'emulator: a source of stream table % changed during its refresh', p_pgt_id
+            USING ERRCODE = 'serialization_failure';
+    END IF;
+    RETURN true;
+END $$;
+
+-- Rebuilds the state from the sources and makes the storage equal to it (row ids of unchanged rows kept).
+-- One statement reads the sources, fills the state, checks the state's rows against the defining query's and
+-- reads the frontier: all in one snapshot, so the frontier returned is the one the state reflects. Raises
+-- 'emulator: incremental state disagrees' (P0001) when the check fails.
+CREATE FUNCTION pgtrickle.emulator_delta_rebuild(p_plan pgtrickle.emulator_delta_plans,
+                                                 OUT rows_inserted bigint, OUT rows_deleted bigint, OUT frontier jsonb)
+LANGUAGE plpgsql AS $$
+DECLARE
+    st pgtrickle.pgt_stream_tables;
+    state text := pgtrickle.emulator_state_table(p_plan.pgt_id);
+    target text;
+    rows_sql text := pgtrickle.emulator_delta_rows_sql(p_plan);
+    keys text := (SELECT string_agg(format('k%s', o), ', ') FROM generate_series(1, cardinality(p_plan.key_exprs)) o);
+    cols text;
+    stored text;
+    proj text := pgtrickle.emulator_delta_projection_sql(p_plan);
+    fills text := '';
+    disagreements bigint;
+    seq text;
+BEGIN
+    SELECT * INTO STRICT st FROM pgtrickle.pgt_stream_tables WHERE pgt_id = p_plan.pgt_id;
+    target := format('%I.%I', st.pgt_schema, st.pgt_name);
+    cols := array_to_string(pgtrickle.emulator_columns(st.pgt_relid), ', ');
+    stored := (SELECT string_agg('t.' || c, ', ') FROM unnest(pgtrickle.emulator_columns(st.pgt_relid)) c);
+    PERFORM pgtrickle.emulator_drop_delta_state(p_plan.pgt_id);
+    EXECUTE format('CREATE TABLE %s AS %s WITH NO DATA', state, pgtrickle.emulator_delta_state_sql(p_plan, rows_sql));
+    EXECUTE format('ALTER TABLE %s ADD COLUMN __pgt_row_id bigint', state);
+    EXECUTE format('CREATE UNIQUE INDEX ON %s (%s) NULLS NOT DISTINCT', state, keys);
+    EXECUTE format('CREATE UNIQUE INDEX ON %s (__pgt_row_id)', state);
+    FOR i IN 1 .. cardinality(p_plan.agg_kinds) LOOP
+        CONTINUE WHEN p_plan.agg_kinds[i] <> 'count_distinct';
+        EXECUTE format('CREATE TABLE %s AS SELECT %s, r.a%s AS v FROM (%s) r WITH NO DATA',
+                       pgtrickle.emulator_state_table(p_plan.pgt_id, i),
+                       (SELECT string_agg(format('r.k%s', o), ', ') FROM generate_series(1, cardinality(p_plan.key_exprs)) o),
+                       i, rows_sql);
+        EXECUTE format('CREATE UNIQUE INDEX ON %s (%s, v) NULLS NOT DISTINCT', pgtrickle.emulator_state_table(p_plan.pgt_id, i), keys);
+        fills := fills || format(', fill_d%1$s AS (INSERT INTO %2$s SELECT DISTINCT %3$s, r.a%1$s FROM r WHERE r.a%1$s IS NOT NULL)',
+                                 i, pgtrickle.emulator_state_table(p_plan.pgt_id, i),
+                                 (SELECT string_agg(format('r.k%s', o), ', ') FROM generate_series(1, cardinality(p_plan.key_exprs)) o));
+    END LOOP;
+    EXECUTE format($q$
+        WITH r AS NOT MATERIALIZED (%1$s),  -- read once per use (in the statement's one snapshot), never spooled
+             grouped AS MATERIALIZED (%2$s),
+             fill AS (INSERT INTO %3$s (%4$s) SELECT * FROM grouped)
+             %5$s,
+             mine AS (SELECT ROW(%6$s)::text AS t FROM grouped s),
+             theirs AS (SELECT ROW(q.*)::text AS t FROM (%7$s) q),
+             wrong AS ((SELECT t FROM mine EXCEPT ALL SELECT t FROM theirs)
+                       UNION ALL (SELECT t FROM theirs EXCEPT ALL SELECT t FROM mine))
+        SELECT (SELECT count(*) FROM wrong), pgtrickle.emulator_current_frontier(%8$s)
+    $q$, rows_sql,
+         replace(pgtrickle.emulator_delta_state_sql(p_plan, 'SELECT * FROM r'), '(SELECT * FROM r) r', 'r'),
+         state,
+         (SELECT string_agg(a.attname::text, ', ' ORDER BY a.attnum) FROM pg_catalog.pg_attribute a
+           WHERE a.attrelid = state::pg_catalog.regclass AND a.attnum > 0 AND NOT a.attisdropped AND a.attname <> '__pgt_row_id'),
+         fills, proj, pgtrickle.emulator_refresh_query(p_plan.pgt_id), p_plan.pgt_id)
+    INTO disagreements, frontier;
+    IF disagreements > 0 THEN
+        RAISE EXCEPTION 'emulator: incremental state disagrees with the defining query (% rows)', disagreements;
+    END IF;
+    -- Pair the state's rows with the stored rows of the same text; delete the stored rows left over; insert
+    -- the state's rows left over under new row ids.
+    EXECUTE format($q$
+        UPDATE %1$s x SET __pgt_row_id = m.id
+          FROM (SELECT p.sid, o.id
+                  FROM (SELECT s.ctid AS sid, ROW(%2$s)::text AS t, row_number() OVER (PARTITION BY ROW(%2$s)::text) AS rn
+                          FROM %1$s s) p
+                  JOIN (SELECT t.__pgt_row_id AS id, ROW(%3$s)::text AS t, row_number() OVER (PARTITION BY ROW(%3$s)::text) AS rn
+                          FROM %4$s t) o ON o.t = p.t AND o.rn = p.rn) m
+         WHERE x.ctid = m.sid
+    $q$, state, proj, stored, target);
+    EXECUTE format('DELETE FROM %s t WHERE NOT EXISTS (SELECT 1 FROM %s s WHERE s.__pgt_row_id = t.__pgt_row_id)', target, state);
+    GET DIAGNOSTICS rows_deleted = ROW_COUNT;
+    seq := pg_catalog.pg_get_serial_sequence(target, '__pgt_row_id');
+    EXECUTE format($q$
+        WITH n AS (UPDATE %1$s s SET __pgt_row_id = nextval(%2$L) WHERE s.__pgt_row_id IS NULL RETURNING s.*)
+        INSERT INTO %3$s (__pgt_row_id, %4$s) OVERRIDING SYSTEM VALUE SELECT s.__pgt_row_id, %5$s FROM n s
+    $q$, state, seq, target, cols, proj);
+    GET DIAGNOSTICS rows_inserted = ROW_COUNT;
+END $$;
+
+-- Applies the rows p_source received (inserts with change_id in (p_from, p_to]) to the state and the storage.
+CREATE FUNCTION pgtrickle.emulator_delta_apply(p_plan pgtrickle.emulator_delta_plans, p_source oid, p_from bigint,
+                                               p_to bigint, p_expected jsonb,
+                                               OUT rows_inserted bigint, OUT rows_deleted bigint)
+LANGUAGE plpgsql AS $$
+DECLARE
+    st pgtrickle.pgt_stream_tables;
+    state text := pgtrickle.emulator_state_table(p_plan.pgt_id);
+    target text;
+    nkeys integer := cardinality(p_plan.key_exprs);
+    keys text := (SELECT string_agg(format('k%s', o), ', ') FROM generate_series(1, nkeys) o);
+    rkeys text := (SELECT string_agg(format('r.k%s', o), ', ') FROM generate_series(1, nkeys) o);
+    cols text;
+    proj text := pgtrickle.emulator_delta_projection_sql(p_plan);
+    distinct_ctes text := '';
+    distinct_joins text := '';
+    state_cols text;
+    merge_sets text;
+    values_sql text;
+    touched bigint[];
+    ok boolean;
+BEGIN
+    SELECT * INTO STRICT st FROM pgtrickle.pgt_stream_tables WHERE pgt_id = p_plan.pgt_id;
+    target := format('%I.%I', st.pgt_schema, st.pgt_name);
+    cols := array_to_string(pgtrickle.emulator_columns(st.pgt_relid), ', ');
+    SELECT string_agg(a.attname::text, ', ' ORDER BY a.attnum) INTO state_cols
+      FROM pg_catalog.pg_attribute a
+     WHERE a.attrelid = state::pg_catalog.regclass AND a.attnum > 0 AND NOT a.attisdropped AND a.attname <> '__pgt_row_id';
+    -- Merge rules: counts and sums add (a NULL sum is "no value yet"), extremes compare, distinct counts add
+    -- the values new to the group.
+    SELECT string_agg(CASE
+               WHEN a.attname ~ '^[cnd][0-9]+$' THEN format('%1$I = s.%1$I + EXCLUDED.%1$I', a.attname)
+               WHEN a.attname ~ '^s[0-9]+$' THEN format('%1$I = CASE WHEN s.%1$I IS NULL THEN EXCLUDED.%1$I WHEN EXCLUDED.%1$I IS NULL THEN s.%1$I ELSE s.%1$I + EXCLUDED.%1$I END', a.attname)
+               WHEN a.attname ~ '^m[0-9]+$' THEN format('%1$I = %2$s(s.%1$I, EXCLUDED.%1$I)', a.attname,
+                        CASE p_plan.agg_kinds[substr(a.attname, 2)::integer] WHEN 'min' THEN 'LEAST' ELSE 'GREATEST' END)
+           END, ', ' ORDER BY a.attnum) INTO merge_sets
+      FROM pg_catalog.pg_attribute a
+     WHERE a.attrelid = state::pg_catalog.regclass AND a.attnum > 0 AND NOT a.attisdropped AND a.attname ~ '^[cndsm][0-9]+$';
+    FOR i IN 1 .. cardinality(p_plan.agg_kinds) LOOP
+        CONTINUE WHEN p_plan.agg_kinds[i] <> 'count_distinct';
+        distinct_ctes := distinct_ctes || format(
+            ', new_d%1$s AS (INSERT INTO %2$s AS d SELECT DISTINCT %3$s, r.a%1$s FROM r WHERE r.a%1$s IS NOT NULL'
+            ' ON CONFLICT DO NOTHING RETURNING %4$s),'
+            ' count_d%1$s AS (SELECT %5$s, count(*) AS n FROM new_d%1$s GROUP BY %5$s)',
+            i, pgtrickle.emulator_state_table(p_plan.pgt_id, i), rkeys,
+            (SELECT string_agg(format('d.k%s', o), ', ') FROM generate_series(1, nkeys) o), keys);
+        distinct_joins := distinct_joins || format(' LEFT JOIN count_d%1$s ON %2$s', i,
+            (SELECT string_agg(format('count_d%1$s.k%2$s IS NOT DISTINCT FROM g.k%2$s', i, o), ' AND ')
+               FROM generate_series(1, nkeys) o));
+    END LOOP;
+    -- The state row's values from the delta's groups g (distinct counts from the values new to the group).
+    SELECT string_agg(CASE WHEN a.attname ~ '^d[0-9]+$'
+                           THEN format('coalesce(count_%s.n, 0)', a.attname)
+                           ELSE 'g.' || quote_ident(a.attname) END, ', ' ORDER BY a.attnum) INTO values_sql
+      FROM pg_catalog.pg_attribute a
+     WHERE a.attrelid = state::pg_catalog.regclass AND a.attnum > 0 AND NOT a.attisdropped AND a.attname <> '__pgt_row_id';
+    EXECUTE format($q$
+        WITH guard AS MATERIALIZED (SELECT pgtrickle.emulator_delta_guard(%1$s, %2$L, %3$s) AS ok),
+             r AS MATERIALIZED (%4$s)
+             %5$s,
+             g AS (%6$s),
+             merged AS (INSERT INTO %7$s AS s (%8$s) SELECT %9$s FROM g%10$s
+                        ON CONFLICT (%11$s) DO UPDATE SET %12$s
+                        RETURNING s.__pgt_row_id)
+        SELECT (SELECT ok FROM guard), array_agg(__pgt_row_id) FILTER (WHERE __pgt_row_id IS NOT NULL) FROM merged
+    $q$, p_plan.pgt_id, p_expected, p_source,
+         pgtrickle.emulator_delta_rows_sql(p_plan, p_source, p_from, p_to),
+         distinct_ctes,
+         replace(pgtrickle.emulator_delta_state_sql(p_plan, 'SELECT * FROM r', false), '(SELECT * FROM r) r', 'r'),
+         state, state_cols, values_sql, distinct_joins, keys, merge_sets)
+    INTO ok, touched;
+    -- Groups seen for the first time get a row id and a stored row; the others' stored rows are rewritten
+    -- where their text changed.
+    EXECUTE format($q$
+        WITH n AS (UPDATE %1$s s SET __pgt_row_id = nextval(%2$L) WHERE s.__pgt_row_id IS NULL RETURNING s.*)
+        INSERT INTO %3$s (__pgt_row_id, %4$s) OVERRIDING SYSTEM VALUE SELECT s.__pgt_row_id, %5$s FROM n s
+    $q$, state, pg_catalog.pg_get_serial_sequence(target, '__pgt_row_id'), target, cols, proj);
+    GET DIAGNOSTICS rows_inserted = ROW_COUNT;
+    rows_deleted := 0;
+    IF touched IS NOT NULL THEN
+        EXECUTE format($q$
+            UPDATE %1$s t SET (%2$s) = (SELECT %3$s)
+              FROM (SELECT s.__pgt_row_id AS __pgt_id, %4$s FROM %5$s s WHERE s.__pgt_row_id = ANY ($1)) p
+             WHERE t.__pgt_row_id = p.__pgt_id AND ROW(%6$s)::text IS DISTINCT FROM ROW(%3$s)::text
+        $q$, target, cols,
+             (SELECT string_agg('p.' || c, ', ') FROM unnest(pgtrickle.emulator_columns(st.pgt_relid)) c),
+             (SELECT string_agg(format('%s AS %s', e, c), ', ')
+                FROM unnest(p_plan.projection, pgtrickle.emulator_columns(st.pgt_relid)) u(e, c)),
+             state,
+             (SELECT string_agg('t.' || c, ', ') FROM unnest(pgtrickle.emulator_columns(st.pgt_relid)) c))
+        USING touched;
+        GET DIAGNOSTICS rows_deleted = ROW_COUNT;
+        rows_inserted := rows_inserted + rows_deleted;  -- an updated row counts as deleted and inserted, as the diff counts it
+    END IF;
+END $$;
+
+-- A DIFFERENTIAL refresh through the state, when it can be: handled = false means "recompute as before".
+-- p_consumed is the frontier the refresh started from; frontier is the one to record.
+CREATE FUNCTION pgtrickle.emulator_delta_refresh(p_pgt_id bigint, p_consumed jsonb, OUT handled boolean,
+                                                 OUT rows_inserted bigint, OUT rows_deleted bigint, OUT frontier jsonb)
+LANGUAGE plpgsql AS $$
+DECLARE
+    st pgtrickle.pgt_stream_tables;
+    plan pgtrickle.emulator_delta_plans;
+    changed text[];
+    src jsonb;
+    lo bigint;
+    hi bigint;
+    only_inserts boolean;
+    buffered bigint;
+BEGIN
+    handled := false;
+    SELECT * INTO STRICT st FROM pgtrickle.pgt_stream_tables WHERE pgt_id = p_pgt_id;
+    IF st.refresh_mode <> 'DIFFERENTIAL' OR st.topk_limit IS NOT NULL THEN
+        RETURN;
+    END IF;
+    -- The state belongs to the stream table's owner: another role (a superuser's manual refresh included)
+    -- recomputes, which leaves the state behind.
+    IF (SELECT c.relowner FROM pg_catalog.pg_class c WHERE c.oid = st.pgt_relid)
+       IS DISTINCT FROM (SELECT r.oid FROM pg_catalog.pg_roles r WHERE r.rolname = current_user) THEN
+        UPDATE pgtrickle.emulator_delta_plans SET state_valid = false WHERE pgt_id = p_pgt_id AND state_valid;
+        RETURN;
+    END IF;
+    SELECT * INTO plan FROM pgtrickle.emulator_delta_plans WHERE pgt_id = p_pgt_id;
+    IF NOT FOUND THEN
+        plan := pgtrickle.emulator_delta_plan(p_pgt_id);
+    END IF;
+    IF NOT plan.supported THEN
+        RETURN;
+    END IF;
+    -- The sources whose change sequence moved since the last refresh.
+    changed := ARRAY(SELECT e.key FROM jsonb_each(p_consumed) e
+                      WHERE (e.value ->> 'change_seq') IS DISTINCT FROM (st.frontier -> e.key ->> 'change_seq'));
+    IF plan.state_valid AND st.frontier IS NOT NULL AND st.is_populated THEN
+        IF cardinality(changed) = 0 THEN
+            handled := true; rows_inserted := 0; rows_deleted := 0; frontier := p_consumed;
+            RETURN;
+        END IF;
+        src := plan.sources -> changed[1];
+        lo := (st.frontier -> changed[1] ->> 'change_id')::bigint;
+        hi := (p_consumed -> changed[1] ->> 'change_id')::bigint;
+        IF cardinality(changed) = 1 AND coalesce((src ->> 'ok')::boolean, false) AND lo IS NOT NULL AND hi IS NOT NULL THEN
+            EXECUTE format('SELECT coalesce(bool_and(action = ''I''), true), count(*) FROM pgtrickle_changes.%I'
+                           ' WHERE change_id > $1 AND change_id <= $2', 'changes_' || (src ->> 'buffer'))
+               INTO only_inserts, buffered USING lo, hi;
+            -- Every captured row of the range is in the buffer (the counters agree) and all are inserts.
+            IF only_inserts AND buffered = (p_consumed -> changed[1] ->> 'changed_rows')::bigint
+                                           - (st.frontier -> changed[1] ->> 'changed_rows')::bigint THEN
+                BEGIN
+                    SELECT a.rows_inserted, a.rows_deleted INTO rows_inserted, rows_deleted
+                      FROM pgtrickle.emulator_delta_apply(plan, changed[1]::oid, lo, hi, p_consumed) a;
+                    UPDATE pgtrickle.emulator_delta_plans SET incremental_refreshes = incremental_refreshes + 1
+                     WHERE pgt_id = p_pgt_id;
+                    handled := true; frontier := p_consumed;
+                    RETURN;
+                EXCEPTION WHEN OTHERS THEN
+                    NULL;  -- rebuilt below
+                END;
+            END IF;
+        END IF;
+    END IF;
+    -- A rebuild pays a recomputation and a check: only when the change came through sources the delta can
+    -- read (a later insert-only change is then applied as a delta); otherwise recompute as before.
+    IF EXISTS (SELECT 1 FROM unnest(changed) c WHERE NOT coalesce((plan.sources -> c ->> 'ok')::boolean, false)) THEN
+        PERFORM pgtrickle.emulator_drop_delta_state(p_pgt_id);
+        RETURN;
+    END IF;
+    BEGIN
+        SELECT r.rows_inserted, r.rows_deleted, r.frontier INTO rows_inserted, rows_deleted, frontier
+          FROM pgtrickle.emulator_delta_rebuild(plan) r;
+        UPDATE pgtrickle.emulator_delta_plans SET state_valid = true, state_rebuilds = state_rebuilds + 1
+         WHERE pgt_id = p_pgt_id;
+        handled := true;
+    EXCEPTION WHEN OTHERS THEN
+        -- Never trust this plan again when its state disagreed or could not be built; a data error of the
+        -- query itself (class 22) is the recomputation's to report.
+        IF SQLSTATE NOT LIKE '22%' AND SQLSTATE NOT IN ('40001', '42501') THEN
+            UPDATE pgtrickle.emulator_delta_plans SET supported = false, reason = 'state rebuild failed: ' || SQLERRM
+             WHERE pgt_id = p_pgt_id;
+        END IF;
+        PERFORM pgtrickle.emulator_drop_delta_state(p_pgt_id);
+    END;
+END $$;
+
+-- ---------------------------------------------------------------------------------------------------
 -- Refresh: recompute the defining query, apply only the row differences (multiset, NULL-safe)
 -- ---------------------------------------------------------------------------------------------------
 -- Rows are compared by their text form, which is hashable and NULL-safe; it is stricter than type
@@ -896,8 +1626,8 @@ $$;
 -- (src/refresh/merge/mod.rs::execute_full_refresh): TRUNCATE the storage and INSERT the query's rows, in the
 -- refresh transaction (indexes kept, readers wait on the TRUNCATE's lock as on the engine's); rows_deleted is
 -- then the number of rows the table held.
-CREATE FUNCTION pgtrickle.emulator_apply(p_pgt_id bigint, p_full boolean DEFAULT false,
-                                         OUT rows_inserted bigint, OUT rows_deleted bigint)
+CREATE FUNCTION pgtrickle.emulator_apply(p_pgt_id bigint, p_full boolean DEFAULT false, p_consumed jsonb DEFAULT NULL,
+                                         OUT rows_inserted bigint, OUT rows_deleted bigint, OUT frontier jsonb)
 LANGUAGE plpgsql AS $$
 DECLARE
     st pgtrickle.pgt_stream_tables;
@@ -907,6 +1637,7 @@ DECLARE
     wanted_cols text;
     query_cols text;  -- the query's columns in storage order (the key compares like with like)
     col_list text[];
+    handled boolean;
 BEGIN
     SELECT * INTO STRICT st FROM pgtrickle.pgt_stream_tables WHERE pgt_id = p_pgt_id;
     target := format('%I.%I', st.pgt_schema, st.pgt_name);
@@ -916,6 +1647,17 @@ BEGIN
       INTO cols, stored_cols, wanted_cols, query_cols
       FROM pgtrickle.emulator_columns(st.pgt_relid) c;
     col_list := pgtrickle.emulator_columns(st.pgt_relid);
+    -- A DIFFERENTIAL refresh goes through the incremental state when it can (emulator_delta_refresh); any
+    -- other refresh leaves the state behind (rebuilt by the next DIFFERENTIAL one).
+    IF p_full THEN
+        PERFORM pgtrickle.emulator_drop_delta_state(p_pgt_id);
+    ELSIF p_consumed IS NOT NULL THEN
+        SELECT d.rows_inserted, d.rows_deleted, d.frontier, d.handled INTO rows_inserted, rows_deleted, frontier, handled
+          FROM pgtrickle.emulator_delta_refresh(p_pgt_id, p_consumed) d;
+        IF handled THEN
+            RETURN;
+        END IF;
+    END IF;
     IF p_full AND st.topk_limit IS NULL THEN
         SELECT s.row_count INTO rows_deleted FROM pgtrickle.emulator_stats s WHERE s.pgt_id = p_pgt_id;
         EXECUTE format('TRUNCATE %s', target);
@@ -1041,7 +1783,8 @@ BEGIN
     consumed := pgtrickle.emulator_current_frontier(h.pgt_id);
     changed := pgtrickle.emulator_sources_changed(h.pgt_id);
     BEGIN
-        SELECT a.rows_inserted, a.rows_deleted INTO ins, del FROM pgtrickle.emulator_apply(h.pgt_id, h.action IN ('FULL', 'REINITIALIZE')) a;
+        SELECT a.rows_inserted, a.rows_deleted, coalesce(a.frontier, consumed) INTO ins, del, consumed
+          FROM pgtrickle.emulator_apply(h.pgt_id, h.action IN ('FULL', 'REINITIALIZE'), consumed) a;
     EXCEPTION WHEN OTHERS THEN
         IF NOT p_catch THEN
             RAISE;
@@ -1841,6 +2584,7 @@ BEGIN
         END IF;
     END LOOP;
     previous_sources := ARRAY(SELECT source_relid FROM pgtrickle.pgt_dependencies WHERE pgt_id = st.pgt_id);
+    PERFORM pgtrickle.emulator_drop_delta_state(st.pgt_id, true);
     DELETE FROM pgtrickle.pgt_stream_tables WHERE pgt_id = st.pgt_id;
     DELETE FROM pgtrickle.emulator_source_changes WHERE source_relid = st.pgt_relid;
     EXECUTE format('DROP TABLE %I.%I', st.pgt_schema, st.pgt_name);
@@ -2004,6 +2748,7 @@ DECLARE
 BEGIN
     SELECT * INTO STRICT st FROM pgtrickle.pgt_stream_tables WHERE pgt_id = p_pgt_id;
     qualified := format('%I.%I', st.pgt_schema, st.pgt_name);
+    PERFORM pgtrickle.emulator_drop_delta_state(st.pgt_id, true);  -- a new query: a new plan
     DROP VIEW IF EXISTS pg_temp.pgt_emulator_probe;
     EXECUTE format('CREATE TEMPORARY VIEW pgt_emulator_probe AS %s', p_query);
     probe := 'pg_temp.pgt_emulator_probe'::regclass;
