@@ -45,13 +45,19 @@ SELECT pgtrickle.create_stream_table_if_not_exists(
 
 -- L1: net position per (account, instrument) from the trade ledger. position_value is the position's
 -- net cost (book value): sum of quantity x fill price.
+-- Grouped by the dimension tables' primary keys (a.id = t.account_id, i.id = t.instrument_id through the
+-- inner joins: the same groups): PostgreSQL then drops the columns they determine from the grouping
+-- (name, portfolio, symbol, sector) and estimates accounts x instruments groups (1,500 with the seed)
+-- instead of multiplying the columns' distinct counts across tables (2.25M at 5M trades), so a
+-- recomputation (initial fill, FULL, the emulator's refresh) plans a small hash aggregate, never a sort
+-- of the whole ledger sized for millions of groups.
 SELECT pgtrickle.create_stream_table_if_not_exists(
     name         => 'net_positions',
     query        => $$
-        SELECT t.account_id,
+        SELECT a.id                               AS account_id,
                a.name                             AS account_name,
                a.portfolio_id,
-               t.instrument_id,
+               i.id                               AS instrument_id,
                i.symbol                           AS instrument_symbol,
                i.sector_id,
                COUNT(*)                           AS trade_count,
@@ -61,7 +67,7 @@ SELECT pgtrickle.create_stream_table_if_not_exists(
           FROM trades t
           JOIN accounts a    ON a.id = t.account_id
           JOIN instruments i ON i.id = t.instrument_id
-         GROUP BY t.account_id, a.name, a.portfolio_id, t.instrument_id, i.symbol, i.sector_id
+         GROUP BY a.id, a.name, a.portfolio_id, i.id, i.symbol, i.sector_id
     $$,
     schedule     => '1s',
     refresh_mode => 'DIFFERENTIAL'
