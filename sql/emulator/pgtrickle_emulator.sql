@@ -1354,10 +1354,10 @@ BEGIN
 END $$;
 
 -- Rebuilds the state from the sources and makes the storage equal to it (row ids of unchanged rows kept).
--- One statement reads the sources, fills the state, checks the state's rows against the defining query's and
--- reads the frontier: all in one snapshot, so the frontier returned is the one the state reflects. Raises
--- 'emulator: incremental state disagrees' (P0001) when the check fails.
-CREATE FUNCTION pgtrickle.emulator_delta_rebuild(p_plan pgtrickle.emulator_delta_plans,
+-- One statement reads the sources, fills the state, with p_check (a plan's first state) checks the state's
+-- rows against the defining query's, and reads the frontier: all in one snapshot, so the frontier returned is
+-- the one the state reflects. Raises 'emulator: incremental state disagrees' (P0001) when the check fails.
+CREATE FUNCTION pgtrickle.emulator_delta_rebuild(p_plan pgtrickle.emulator_delta_plans, p_check boolean,
                                                  OUT rows_inserted bigint, OUT rows_deleted bigint, OUT frontier jsonb)
 LANGUAGE plpgsql AS $$
 DECLARE
@@ -1399,8 +1399,8 @@ BEGIN
              fill AS (INSERT INTO %3$s (%4$s) SELECT * FROM grouped)
              %5$s,
              mine AS (SELECT ROW(%6$s)::text AS t FROM grouped s),
-             theirs AS (SELECT ROW(q.*)::text AS t FROM (%7$s) q),
-             wrong AS ((SELECT t FROM mine EXCEPT ALL SELECT t FROM theirs)
+             theirs AS (SELECT ROW(q.*)::text AS t FROM (%7$s) q WHERE %9$s),
+             wrong AS ((SELECT t FROM mine WHERE %9$s EXCEPT ALL SELECT t FROM theirs)
                        UNION ALL (SELECT t FROM theirs EXCEPT ALL SELECT t FROM mine))
         SELECT (SELECT count(*) FROM wrong), pgtrickle.emulator_current_frontier(%8$s)
     $q$, rows_sql,
@@ -1408,7 +1408,8 @@ BEGIN
          state,
          (SELECT string_agg(a.attname::text, ', ' ORDER BY a.attnum) FROM pg_catalog.pg_attribute a
            WHERE a.attrelid = state::pg_catalog.regclass AND a.attnum > 0 AND NOT a.attisdropped AND a.attname <> '__pgt_row_id'),
-         fills, proj, pgtrickle.emulator_refresh_query(p_plan.pgt_id), p_plan.pgt_id)
+         fills, proj, pgtrickle.emulator_refresh_query(p_plan.pgt_id), p_plan.pgt_id,
+         CASE WHEN p_check THEN 'true' ELSE 'false' END)
     INTO disagreements, frontier;
     IF disagreements > 0 THEN
         RAISE EXCEPTION 'emulator: incremental state disagrees with the defining query (% rows)', disagreements;
@@ -1492,7 +1493,7 @@ BEGIN
      WHERE a.attrelid = state::pg_catalog.regclass AND a.attnum > 0 AND NOT a.attisdropped AND a.attname <> '__pgt_row_id';
     EXECUTE format($q$
         WITH guard AS MATERIALIZED (SELECT pgtrickle.emulator_delta_guard(%1$s, %2$L, %3$s) AS ok),
-             r AS MATERIALIZED (%4$s)
+             r AS NOT MATERIALIZED (%4$s)  -- a large delta is read per use, never spooled to disk
              %5$s,
              g AS (%6$s),
              merged AS (INSERT INTO %7$s AS s (%8$s) SELECT %9$s FROM g%10$s
@@ -1603,7 +1604,7 @@ BEGIN
     END IF;
     BEGIN
         SELECT r.rows_inserted, r.rows_deleted, r.frontier INTO rows_inserted, rows_deleted, frontier
-          FROM pgtrickle.emulator_delta_rebuild(plan) r;
+          FROM pgtrickle.emulator_delta_rebuild(plan, plan.state_rebuilds = 0) r;
         UPDATE pgtrickle.emulator_delta_plans SET state_valid = true, state_rebuilds = state_rebuilds + 1
          WHERE pgt_id = p_pgt_id;
         handled := true;
