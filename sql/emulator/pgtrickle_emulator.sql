@@ -1382,6 +1382,9 @@ BEGIN
         tried := '{}';
         FOR item IN SELECT o.pgt_id FROM pgtrickle.emulator_topological_order() o LOOP
             action := pgtrickle.emulator_due_action(item.pgt_id);
+            IF action IS NOT NULL THEN
+                COMMIT;  -- the refresh's transaction starts here: its now() is when the refresh began
+            END IF;
             IF action = 'REFRESH' THEN
                 -- One transaction per refresh, RUNNING row included, as pg_trickle's refresh worker: other
                 -- sessions never see a RUNNING row, and start_time = end_time = now() of that transaction.
