@@ -43,6 +43,15 @@ def _wait(predicate, timeout: float, message: str):
     raise AssertionError(message)
 
 
+def _wait_no_sessions(conn: psycopg.Connection) -> None:
+    """The stopped sessions' backends exit (their leases are free) shortly after their connections close."""
+    _wait(
+        lambda: conn.execute("SELECT pgtrickle.emulator_scheduler_sessions()").fetchone()[0] == 0,
+        10,
+        "scheduler sessions still hold leases 10 s after they were stopped",
+    )
+
+
 def _starts(conn: psycopg.Connection, name: str) -> list:
     """Start times of the stream table's completed scheduler refreshes, oldest first."""
     return [
@@ -117,7 +126,7 @@ def _run_slow_fast(url: str, workers: int) -> dict[str, list]:
             scheduler.stop()
         assert not scheduler.running
     with psycopg.connect(url, autocommit=True) as conn:
-        assert conn.execute("SELECT pgtrickle.emulator_scheduler_sessions()").fetchone()[0] == 0
+        _wait_no_sessions(conn)
         return {name: _starts(conn, name) for name in ("slow", "below", "fast")}
 
 
@@ -174,7 +183,7 @@ def test_sessions_are_bounded_by_max_concurrent_refreshes(emulator_db):
         scheduler.stop()
     assert not scheduler.running
     with psycopg.connect(emulator_db, autocommit=True) as conn:
-        assert conn.execute("SELECT pgtrickle.emulator_scheduler_sessions()").fetchone()[0] == 0
+        _wait_no_sessions(conn)
         assert not conn.execute("SELECT pgtrickle.emulator_scheduler_running()").fetchone()[0]
 
 
