@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from devenv.postgres import LocalPostgres, PostgresNotAvailable
-from devenv.scheduler import EmulatorScheduler
+from devenv.scheduler import DEFAULT_WORKERS, MAX_WORKERS, EmulatorScheduler
 from services.bootstrap.core import OWNER, READER, WRITER, RolePasswords, bootstrap
 from services.common.cli import FatalError, run_main, stop_on_signals
 from services.common.logs import setup_logging
@@ -73,6 +73,8 @@ def main() -> int:
     exporter_port = env_int("EXPORTER_PORT", 9188, minimum=1, maximum=65535)
     dashboard_port = env_int("DASHBOARD_PORT", 8080, minimum=1, maximum=65535)
     data_dir = env_str("PREVIEW_DATA_DIR")  # unset: a temporary folder, deleted on exit
+    # Emulator scheduler sessions (stream tables refreshed at the same time; pg_trickle.max_concurrent_refreshes).
+    scheduler_workers = env_int("PREVIEW_SCHEDULER_WORKERS", DEFAULT_WORKERS, minimum=1, maximum=MAX_WORKERS)
     # A second `make preview` (or anything else on these ports) is refused up front, in one line naming the
     # variable to change, before PostgreSQL is started.
     for variable, port in (
@@ -108,7 +110,7 @@ def main() -> int:
             private_maintenance_databases=True,  # the preview's server is its own
         )
         db = scenario.database
-        scheduler = EmulatorScheduler(server.url(db, OWNER, passwords.owner)).start()
+        scheduler = EmulatorScheduler(server.url(db, OWNER, passwords.owner), workers=scheduler_workers).start()
         children.append(
             _spawn(
                 "generator",
@@ -152,7 +154,7 @@ def main() -> int:
                 f"http://127.0.0.1:{dashboard_port}/  (the live page; /api/snapshot, /healthz, /readyz)",
             )
         )
-        _print_summary(server, scenario.name, db, passwords, children)
+        _print_summary(server, scenario.name, db, passwords, children, scheduler_workers)
         while not stop.wait(0.5):
             for child in children:
                 if child.process.poll() is not None:
@@ -172,7 +174,7 @@ def main() -> int:
 
 
 def _print_summary(
-    server: LocalPostgres, scenario: str, db: str, passwords: RolePasswords, children: list[Child]
+    server: LocalPostgres, scenario: str, db: str, passwords: RolePasswords, children: list[Child], workers: int
 ) -> None:
     psql = server.bin("psql")
     lines = [
@@ -181,7 +183,7 @@ def _print_summary(
         f"  database        {server.host}:{server.port}/{db}",
         f"  psql as demo    PGPASSWORD='{passwords.owner}' {psql} -h {server.host} -p {server.port} -U {OWNER} {db}",
         f"  reader role     {READER} / password {passwords.reader}",
-        "  scheduler       CALL pgtrickle.emulator_run(500) in a background session",
+        f"  scheduler       CALL pgtrickle.emulator_run(500) in {workers} background session(s)",
         *(f"  {child.name:<15} {child.address}" for child in children),
         "  Ctrl-C stops everything.",
         "",

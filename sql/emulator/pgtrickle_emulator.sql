@@ -185,27 +185,70 @@ CREATE TABLE pgtrickle.emulator_stats (
 --     held to the end of the refreshing transaction (pg_trickle 0.67 takes a row lock on the same row,
 --     FOR UPDATE SKIP LOCKED, besides an advisory one: src/api/refresh_ops.rs, refresh_stream_table_impl,
 --     "PB1 row-lock");
---   - one scheduler per database: a lease row naming the scheduler's backend (pid and backend start),
---     claimed under a row lock; a lease whose backend is gone is free. A session lock cannot be a row lock
---     (the scheduler commits after every refresh), hence the lease.
+--   - up to pg_trickle.max_concurrent_refreshes scheduler sessions per database (default 4, range 1..32 as
+--     the engine's GUC: src/config.rs, PGS_MAX_CONCURRENT_REFRESHES, the per-database dispatch cap of
+--     src/scheduler/dispatch.rs::parallel_dispatch_tick): one lease row per slot naming its session's backend
+--     (pid and backend start), claimed under the slot rows' locks; a lease whose backend is gone is free. A
+--     session lock cannot be a row lock (the scheduler commits after every refresh), hence the leases;
+--   - a scheduled refresh of a stream table holds FOR SHARE on the rows of its upstream stream tables (taken
+--     SKIP LOCKED; skipped when one is held), as src/scheduler/mod.rs::refresh_single_st ("ST-on-ST safety")
+--     does: a downstream is never refreshed while its upstream is, nor an upstream while its downstream is;
+--   - the consumption of a source's change buffer holds its pgt_change_tracking row FOR UPDATE (taken in
+--     source_relid order): refreshes of two readers of one source never delete its rows at the same time.
 CREATE TABLE pgtrickle.emulator_scheduler (
-    singleton      boolean PRIMARY KEY DEFAULT true CHECK (singleton),
+    slot           integer PRIMARY KEY CHECK (slot BETWEEN 1 AND 32),
     pid            integer,
     backend_start  timestamptz,
     claimed_at     timestamptz
 );
-INSERT INTO pgtrickle.emulator_scheduler DEFAULT VALUES;
+INSERT INTO pgtrickle.emulator_scheduler (slot) SELECT generate_series(1, 32);
 
--- True when the lease names a live backend of this database (another role's backend_start is hidden from
--- non-superusers: such a lease counts as live).
+-- Does a lease name a live backend of this database? (Another role's backend_start is hidden from
+-- non-superusers: such a lease counts as live.)
+CREATE FUNCTION pgtrickle.emulator_lease_live(p_pid integer, p_backend_start timestamptz) RETURNS boolean
+LANGUAGE sql STABLE AS $$
+    SELECT p_pid IS NOT NULL AND EXISTS (
+        SELECT 1 FROM pg_catalog.pg_stat_activity a
+         WHERE a.pid = p_pid AND a.datname = pg_catalog.current_database()
+           AND (a.backend_start IS NULL OR a.backend_start = p_backend_start))
+$$;
+
+-- True when at least one scheduler lease names a live backend of this database.
 CREATE FUNCTION pgtrickle.emulator_scheduler_running() RETURNS boolean
 LANGUAGE sql STABLE AS $$
-    SELECT EXISTS (
-        SELECT 1 FROM pgtrickle.emulator_scheduler s
-          JOIN pg_catalog.pg_stat_activity a ON a.pid = s.pid
-         WHERE a.datname = pg_catalog.current_database()
-           AND (a.backend_start IS NULL OR a.backend_start = s.backend_start))
+    SELECT EXISTS (SELECT 1 FROM pgtrickle.emulator_scheduler s
+                    WHERE pgtrickle.emulator_lease_live(s.pid, s.backend_start))
 $$;
+
+-- The number of live scheduler sessions of this database.
+CREATE FUNCTION pgtrickle.emulator_scheduler_sessions() RETURNS integer
+LANGUAGE sql STABLE AS $$
+    SELECT count(*)::integer FROM pgtrickle.emulator_scheduler s
+     WHERE pgtrickle.emulator_lease_live(s.pid, s.backend_start)
+$$;
+
+-- pg_trickle.max_concurrent_refreshes as this session sees it: 4 when unset; outside 1..32 (the GUC's range,
+-- src/config.rs) an error naming the setting, as PostgreSQL refuses such a value for the engine's GUC.
+CREATE FUNCTION pgtrickle.emulator_max_concurrent_refreshes() RETURNS integer
+LANGUAGE plpgsql STABLE AS $$
+DECLARE
+    raw text := nullif(btrim(current_setting('pg_trickle.max_concurrent_refreshes', true)), '');
+    bound integer;
+BEGIN
+    IF raw IS NULL THEN
+        RETURN 4;
+    END IF;
+    IF raw !~ '^[+-]?[0-9]{1,9}$' THEN
+        RAISE EXCEPTION 'invalid value for parameter "pg_trickle.max_concurrent_refreshes": "%"', raw
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    bound := raw::integer;
+    IF bound < 1 OR bound > 32 THEN
+        RAISE EXCEPTION '% is outside the valid range for parameter "pg_trickle.max_concurrent_refreshes" (1 .. 32)', bound
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    RETURN bound;
+END $$;
 
 -- Takes a stream table's refresh lock for the rest of the transaction; false when another transaction
 -- holds it (a refresh, or a change of the table's catalog row in progress).
@@ -831,23 +874,33 @@ END $$;
 -- After a refresh: deletes the buffer rows every reader of the source has consumed (up to the lowest
 -- change_id in their frontiers), as pg_trickle deletes consumed changes (src/cdc/mod.rs,
 -- delete_consumed_changes). A reader that never refreshed keeps every row.
+-- Refreshes of two readers of one source (two scheduler sessions) never delete its buffer rows at the same
+-- time: a consumer first locks the source's pgt_change_tracking row FOR UPDATE SKIP LOCKED (sources in
+-- source_relid order) and leaves the buffer of a source whose row another consumer holds to the next
+-- consumer (nothing is lost: a later refresh deletes up to the then lowest frontier). No consumer ever waits
+-- for another on buffer rows, so two of them cannot deadlock, and one in an open transaction (a manual
+-- refresh) holds up no other refresh. The lowest frontier of all readers is read after the lock, as
+-- src/refresh/codegen.rs::cleanup_change_buffers_by_frontier computes it. Row locks, not advisory locks:
+-- see emulator_scheduler.
 CREATE FUNCTION pgtrickle.emulator_consume_buffers(p_pgt_id bigint) RETURNS void
 LANGUAGE plpgsql AS $$
 DECLARE
     src record;
+    consumed bigint;
 BEGIN
     FOR src IN
-        SELECT t.source_relid, t.source_stable_name,
-               (SELECT min(coalesce((st.frontier -> d2.source_relid::text ->> 'change_id')::bigint, 0))
-                  FROM pgtrickle.pgt_dependencies d2 JOIN pgtrickle.pgt_stream_tables st ON st.pgt_id = d2.pgt_id
-                 WHERE d2.source_relid = t.source_relid) AS consumed
-          FROM pgtrickle.pgt_dependencies d
-          JOIN pgtrickle.pgt_change_tracking t ON t.source_relid = d.source_relid
-         WHERE d.pgt_id = p_pgt_id
+        SELECT t.source_relid, t.source_stable_name
+          FROM pgtrickle.pgt_change_tracking t
+         WHERE t.source_relid IN (SELECT d.source_relid FROM pgtrickle.pgt_dependencies d WHERE d.pgt_id = p_pgt_id)
+         ORDER BY t.source_relid
+           FOR UPDATE OF t SKIP LOCKED
     LOOP
-        IF src.consumed > 0 THEN
+        SELECT min(coalesce((st.frontier -> d2.source_relid::text ->> 'change_id')::bigint, 0)) INTO consumed
+          FROM pgtrickle.pgt_dependencies d2 JOIN pgtrickle.pgt_stream_tables st ON st.pgt_id = d2.pgt_id
+         WHERE d2.source_relid = src.source_relid;
+        IF consumed > 0 THEN
             EXECUTE format('DELETE FROM pgtrickle_changes.%I WHERE change_id <= $1', 'changes_' || src.source_stable_name)
-              USING src.consumed;
+              USING consumed;
         END IF;
     END LOOP;
 END $$;
@@ -1957,6 +2010,53 @@ BEGIN
     RETURN CASE WHEN changed THEN 'REFRESH' ELSE 'NO_DATA' END;
 END $$;
 
+-- A scheduler session's claim on a stream table it found due for a refresh, in the refresh's transaction,
+-- as pg_trickle's scheduler checks a table before refreshing it (src/scheduler/mod.rs::refresh_single_st):
+--   1. the table's refresh lock (check_skip_needed, FOR UPDATE SKIP LOCKED on its catalog row): held by
+--      another session (another scheduler session's refresh, a manual refresh, an ALTER) -> skipped, no
+--      history row, tried again on a later pass;
+--   2. still due once locked (the engine reloads the row after locking, "TOCTOU"): another session may have
+--      refreshed it since this one looked;
+--   3. FOR SHARE SKIP LOCKED on the catalog row of every upstream stream table ("ST-on-ST safety"), held to
+--      the end of the refresh: one being refreshed -> skipped; and while this refresh runs, none of them can
+--      be refreshed (their refresh lock conflicts with FOR SHARE);
+--   4. no upstream stream table waiting for a refresh that this session has not tried in this pass
+--      (p_tried): the engine dispatches a table only once its upstreams' refreshes of the wave are done
+--      (src/scheduler/dispatch.rs::parallel_dispatch_tick, remaining_upstreams). A session walks the DAG
+--      upstream first, so with one session an upstream due now was always tried first.
+-- False when skipped; the caller then commits, releasing whatever was taken.
+CREATE FUNCTION pgtrickle.emulator_claim_refresh(p_pgt_id bigint, p_tried bigint[] DEFAULT '{}')
+RETURNS boolean
+LANGUAGE plpgsql AS $$
+DECLARE
+    upstreams bigint[];
+    held integer;
+BEGIN
+    IF NOT pgtrickle.emulator_try_refresh_lock(p_pgt_id) THEN
+        RETURN false;
+    END IF;
+    IF pgtrickle.emulator_due_action(p_pgt_id) IS DISTINCT FROM 'REFRESH' THEN
+        RETURN false;
+    END IF;
+    upstreams := ARRAY(SELECT up.pgt_id
+                         FROM pgtrickle.pgt_dependencies d
+                         JOIN pgtrickle.pgt_stream_tables up ON up.pgt_relid = d.source_relid
+                        WHERE d.pgt_id = p_pgt_id AND up.pgt_id <> p_pgt_id
+                        ORDER BY up.pgt_id);
+    IF cardinality(upstreams) = 0 THEN
+        RETURN true;
+    END IF;
+    SELECT count(*) INTO held
+      FROM (SELECT 1 FROM pgtrickle.pgt_stream_tables WHERE pgt_id = ANY (upstreams)
+             ORDER BY pgt_id FOR SHARE SKIP LOCKED) x;
+    IF held < cardinality(upstreams) THEN
+        RETURN false;
+    END IF;
+    RETURN NOT EXISTS (SELECT 1 FROM unnest(upstreams) u(pgt_id)
+                        WHERE u.pgt_id <> ALL (p_tried)
+                          AND pgtrickle.emulator_due_action(u.pgt_id) = 'REFRESH');
+END $$;
+
 -- One scheduler tick inside the caller's transaction. Returns the number of history rows written.
 CREATE FUNCTION pgtrickle.emulator_tick() RETURNS integer
 LANGUAGE plpgsql AS $$
@@ -1964,12 +2064,16 @@ DECLARE
     item record;
     action text;
     written integer := 0;
+    tried bigint[] := '{}';
 BEGIN
     FOR item IN SELECT o.pgt_id FROM pgtrickle.emulator_topological_order() o LOOP
         action := pgtrickle.emulator_due_action(item.pgt_id);
         IF action = 'REFRESH' THEN
-            PERFORM pgtrickle.emulator_finish_refresh(pgtrickle.emulator_begin_refresh(item.pgt_id, 'SCHEDULER'));
-            written := written + 1;
+            IF pgtrickle.emulator_claim_refresh(item.pgt_id, tried) THEN
+                PERFORM pgtrickle.emulator_finish_refresh(pgtrickle.emulator_begin_refresh(item.pgt_id, 'SCHEDULER'));
+                written := written + 1;
+                tried := tried || item.pgt_id;
+            END IF;
         ELSIF action = 'NO_DATA' THEN
             PERFORM pgtrickle.emulator_record_no_data(item.pgt_id);
             written := written + 1;
@@ -1978,41 +2082,63 @@ BEGIN
     RETURN written;
 END $$;
 
--- The scheduler loop: one session drives the whole DAG. Each refresh is one transaction (its history row
--- is written RUNNING and completed in it, as pg_trickle's worker does). Stops on cancel/terminate, or after max_ticks.
+-- A scheduler session (one of up to pg_trickle.max_concurrent_refreshes per database, see emulator_scheduler):
+-- each pass walks the whole DAG upstream first and refreshes what is due and free (emulator_claim_refresh),
+-- each refresh in one transaction (its history row written RUNNING and completed in it, as pg_trickle's
+-- worker does). Several sessions refresh independent stream tables at the same time, so a slow one holds up
+-- only its own downstreams (and, while it runs, its upstreams). Stops on cancel/terminate, or after max_ticks.
 CREATE PROCEDURE pgtrickle.emulator_run(tick_interval_ms integer DEFAULT 500, max_ticks integer DEFAULT NULL)
 LANGUAGE plpgsql AS $$
 DECLARE
-    lease record;
+    bound integer;
+    my_slot integer;
     ticks integer := 0;
     item record;
     action text;
     refresh_id bigint;
     pass_started timestamptz;
+    tried bigint[];
 BEGIN
     IF tick_interval_ms IS NULL OR tick_interval_ms < 10 THEN
         RAISE EXCEPTION 'tick_interval_ms must be at least 10' USING ERRCODE = 'invalid_parameter_value';
     END IF;
-    -- Claim the lease under its row lock (claims are serialised; the lease row is never locked for longer).
-    SELECT * INTO lease FROM pgtrickle.emulator_scheduler FOR UPDATE;
-    IF lease.pid IS DISTINCT FROM pg_catalog.pg_backend_pid() AND pgtrickle.emulator_scheduler_running() THEN
+    bound := pgtrickle.emulator_max_concurrent_refreshes();
+    -- Claim a slot under the slot rows' locks (claims are serialised; the rows are never locked for longer):
+    -- this backend's own slot (a session cancelled earlier), else the first of slots 1..bound whose lease is
+    -- free (no pid, or its backend is gone).
+    PERFORM 1 FROM pgtrickle.emulator_scheduler ORDER BY slot FOR UPDATE;
+    SELECT s.slot INTO my_slot FROM pgtrickle.emulator_scheduler s
+     WHERE s.pid = pg_catalog.pg_backend_pid()
+        OR (s.slot <= bound AND NOT pgtrickle.emulator_lease_live(s.pid, s.backend_start))
+     ORDER BY s.pid IS NOT DISTINCT FROM pg_catalog.pg_backend_pid() DESC, s.slot
+     LIMIT 1;
+    IF my_slot IS NULL THEN
         RAISE EXCEPTION 'another emulator scheduler is running in database %', current_database()
-            USING ERRCODE = 'lock_not_available';
+            USING ERRCODE = 'lock_not_available',
+                  DETAIL = format('All %s scheduler sessions that pg_trickle.max_concurrent_refreshes allows are running.', bound);
     END IF;
     UPDATE pgtrickle.emulator_scheduler
        SET pid = pg_catalog.pg_backend_pid(), claimed_at = pg_catalog.clock_timestamp(),
            backend_start = (SELECT a.backend_start FROM pg_catalog.pg_stat_activity a
-                             WHERE a.pid = pg_catalog.pg_backend_pid());
+                             WHERE a.pid = pg_catalog.pg_backend_pid())
+     WHERE slot = my_slot;
     COMMIT;
     LOOP
         pass_started := clock_timestamp();
+        tried := '{}';
         FOR item IN SELECT o.pgt_id FROM pgtrickle.emulator_topological_order() o LOOP
             action := pgtrickle.emulator_due_action(item.pgt_id);
+            IF action IS NOT NULL THEN
+                COMMIT;  -- the refresh's transaction starts here: its now() is when the refresh began
+            END IF;
             IF action = 'REFRESH' THEN
                 -- One transaction per refresh, RUNNING row included, as pg_trickle's refresh worker: other
                 -- sessions never see a RUNNING row, and start_time = end_time = now() of that transaction.
-                refresh_id := pgtrickle.emulator_begin_refresh(item.pgt_id, 'SCHEDULER');
-                PERFORM pgtrickle.emulator_finish_refresh(refresh_id);
+                IF pgtrickle.emulator_claim_refresh(item.pgt_id, tried) THEN
+                    refresh_id := pgtrickle.emulator_begin_refresh(item.pgt_id, 'SCHEDULER');
+                    PERFORM pgtrickle.emulator_finish_refresh(refresh_id);
+                    tried := tried || item.pgt_id;
+                END IF;
                 COMMIT;
             ELSIF action = 'NO_DATA' THEN
                 PERFORM pgtrickle.emulator_record_no_data(item.pgt_id);

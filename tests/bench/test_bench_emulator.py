@@ -36,6 +36,8 @@ import time
 import psycopg
 import pytest
 
+from devenv.scheduler import DEFAULT_WORKERS
+
 ROWS = [int(x) for x in os.environ.get("BENCH_EMULATOR_ROWS", "10000,100000").split(",") if x.strip()]
 FRESHNESS_S = float(os.environ.get("BENCH_EMULATOR_SECONDS", "8"))
 ALL_SCENARIOS = ("ecommerce", "fraud", "finance")
@@ -47,6 +49,8 @@ if not SCENARIOS or set(SCENARIOS) - set(ALL_SCENARIOS):
         f"BENCH_EMULATOR_SCENARIOS: expected a comma-separated subset of {', '.join(ALL_SCENARIOS)},"
         f" got {os.environ.get('BENCH_EMULATOR_SCENARIOS')!r}"
     )
+# Scheduler sessions of the freshness run (BENCH_EMULATOR_WORKERS, default: make preview's default).
+WORKERS = int(os.environ.get("BENCH_EMULATOR_WORKERS", str(DEFAULT_WORKERS)))
 TICKS = 5
 PASSES = 3  # per-table passes (each refreshes every stream table once)
 # Issue 18's targets (printed marks, never asserted).
@@ -181,11 +185,13 @@ def _freshness(db) -> dict[str, tuple[float, float, float, str]]:
         except BaseException as exc:  # reported below
             errors.append(exc)
 
-    scheduler = psycopg.connect(db.owner_url, autocommit=True)
-    pid = scheduler.info.backend_pid
-    runner = threading.Thread(target=lambda: _run_quietly(scheduler), daemon=True)
+    schedulers = [psycopg.connect(db.owner_url, autocommit=True) for _ in range(WORKERS)]
+    for conn in schedulers:  # every session gets one of the pg_trickle.max_concurrent_refreshes slots
+        conn.execute("SELECT set_config('pg_trickle.max_concurrent_refreshes', %s, false)", (str(WORKERS),))
+    runners = [threading.Thread(target=_run_quietly, args=(conn,), daemon=True) for conn in schedulers]
     feeder = threading.Thread(target=writer, daemon=True)
-    runner.start()
+    for runner in runners:
+        runner.start()
     feeder.start()
     samples: dict[str, list[float]] = {}
     ages: dict[str, list[float]] = {}
@@ -207,9 +213,12 @@ def _freshness(db) -> dict[str, tuple[float, float, float, str]]:
     stop.set()
     feeder.join(10)
     with psycopg.connect(db.admin_url, autocommit=True) as admin:
-        admin.execute("SELECT pg_cancel_backend(%s)", (pid,))
-    runner.join(30)
-    scheduler.close()
+        for conn in schedulers:
+            admin.execute("SELECT pg_cancel_backend(%s)", (conn.info.backend_pid,))
+    for runner in runners:
+        runner.join(30)
+    for conn in schedulers:
+        conn.close()
     assert not errors, errors
     return {name: (statistics.median(v), _p95(v), _p95(ages[name]), schedules[name]) for name, v in samples.items()}
 

@@ -76,6 +76,9 @@ def busy_port():
         ("services.generator", {"DEMO_WRITER_PASSWORD": " secret", "DATABASE_URL": ""}, "DEMO_WRITER_PASSWORD"),
         ("services.exporter", {"EXPORTER_SCRAPE_TIMEOUT": "inf"}, "EXPORTER_SCRAPE_TIMEOUT"),
         ("services.exporter", {"DATABASE_URL": "postgresql://u@127.0.0.1/db?connect_timeout=inf"}, "DATABASE_URL"),
+        ("devenv.preview", {"PREVIEW_SCHEDULER_WORKERS": "0"}, "PREVIEW_SCHEDULER_WORKERS"),
+        ("devenv.preview", {"PREVIEW_SCHEDULER_WORKERS": "33"}, "PREVIEW_SCHEDULER_WORKERS"),
+        ("devenv.preview", {"PREVIEW_SCHEDULER_WORKERS": "two"}, "PREVIEW_SCHEDULER_WORKERS"),
     ],
     ids=lambda value: value if isinstance(value, str) else None,
 )

@@ -50,3 +50,34 @@ def test_scheduler_survives_restart_and_stops_promptly():
             scheduler.stop()
             assert not scheduler.running
             assert time.monotonic() - started < 5
+
+
+def test_the_driver_runs_n_sessions_and_stops_them_all(emulator_db):
+    """PREVIEW_SCHEDULER_WORKERS sessions: each claims a slot of pg_trickle.max_concurrent_refreshes (set to
+    the number of sessions by the driver, so even more than the default 4 fit); stop() ends every one."""
+    with psycopg.connect(emulator_db, autocommit=True) as conn:
+        conn.execute("CREATE TABLE src (v int)")
+        conn.execute("SELECT pgtrickle.create_stream_table('total', 'SELECT count(*) AS n FROM src', '1s')")
+    scheduler = EmulatorScheduler(emulator_db, tick_interval_ms=100, workers=5).start()
+    try:
+        with psycopg.connect(emulator_db, autocommit=True) as conn:
+            deadline = time.monotonic() + 30
+            while conn.execute("SELECT pgtrickle.emulator_scheduler_sessions()").fetchone()[0] < 5:
+                assert time.monotonic() < deadline, "the 5 sessions did not all claim a slot within 30 s"
+                time.sleep(0.1)
+            conn.execute("INSERT INTO src VALUES (1)")
+            while conn.execute("SELECT n FROM total").fetchone()[0] != 1:
+                assert time.monotonic() < deadline + 30, "the sessions did not refresh total"
+                time.sleep(0.1)
+    finally:
+        started = time.monotonic()
+        scheduler.stop()
+        assert not scheduler.running
+        assert time.monotonic() - started < 5
+    with psycopg.connect(emulator_db, autocommit=True) as conn:  # the backends exit soon after the close
+        deadline = time.monotonic() + 10
+        while conn.execute("SELECT pgtrickle.emulator_scheduler_sessions()").fetchone()[0] != 0:
+            assert time.monotonic() < deadline, "leases still held 10 s after stop()"
+            time.sleep(0.1)
+    with pytest.raises(ValueError, match="between 1 and 32"):
+        EmulatorScheduler(emulator_db, workers=33)
