@@ -70,12 +70,17 @@ MUTATING_ROUTINES = (
     "emulator_record_sources",
     "emulator_attach_capture",
     "emulator_detach_capture_if_unused",
-    "emulator_capture_new",
-    "emulator_capture_old",
-    "emulator_capture_truncate",
+    "emulator_capture_statement",
+    "emulator_record_storage_change",
     "emulator_attach_buffer",
     "emulator_sync_buffer",
     "emulator_consume_buffers",
+    "emulator_claim_refresh",
+    "emulator_delta_plan",
+    "emulator_delta_refresh",
+    "emulator_delta_apply",
+    "emulator_delta_rebuild",
+    "emulator_drop_delta_state",
 )
 CHANGE_SCHEMA = "pgtrickle_changes"  # pg_trickle's change-buffer schema (pg_trickle.change_buffer_schema)
 PASSWORD_VARIABLES = {OWNER: "DEMO_PASSWORD", WRITER: "DEMO_WRITER_PASSWORD", READER: "DEMO_READER_PASSWORD"}

@@ -510,48 +510,33 @@ LANGUAGE sql STABLE AS $$
      GROUP BY refs.relid, c.relkind
 $$;
 
--- Change capture triggers (SECURITY DEFINER: a writer role with INSERT/UPDATE rights only fires them). Their
--- search_path is pg_catalog, then pg_temp explicitly last: pgtrickle is writable by the owner role, and
--- every name of another schema is written out (issue 14).
-CREATE FUNCTION pgtrickle.emulator_capture_new() RETURNS trigger
+-- Change capture of stream tables read by other stream tables. pg_trickle blocks direct DML on a stream
+-- table's storage (src/api/helpers.rs, EC-25/EC-26 guard triggers), so only its own refreshes change it and
+-- the refresh records what it changed: emulator_finish_refresh bumps the storage's change sequence by the rows
+-- it wrote, and these statement-level triggers (no transition table: a FULL refresh of a million rows is not
+-- copied into a tuplestore) stay silent during that refresh (pgtrickle.emulator_refreshing = the storage's
+-- oid, transaction-local). Any other statement on the storage counts as one change of unknown size.
+-- SECURITY DEFINER (a writer role fires them); search_path pg_catalog, then pg_temp explicitly last: pgtrickle
+-- is writable by the owner role, and every name of another schema is written out (issue 14).
+CREATE FUNCTION pgtrickle.emulator_capture_statement() RETURNS trigger
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
-DECLARE
-    n bigint;
 BEGIN
-    SELECT count(*) INTO n FROM pgt_emulator_new;
-    IF n > 0 THEN
+    IF pg_catalog.current_setting('pgtrickle.emulator_refreshing', true) IS DISTINCT FROM TG_RELID::text THEN
         INSERT INTO pgtrickle.emulator_source_changes AS c (source_relid, change_seq, changed_rows)
-        VALUES (TG_RELID, 1, n)
-        ON CONFLICT (source_relid) DO UPDATE
-           SET change_seq = c.change_seq + 1, changed_rows = c.changed_rows + EXCLUDED.changed_rows;
+        VALUES (TG_RELID, 1, 0)
+        ON CONFLICT (source_relid) DO UPDATE SET change_seq = c.change_seq + 1;
     END IF;
     RETURN NULL;
 END $$;
 
-CREATE FUNCTION pgtrickle.emulator_capture_old() RETURNS trigger
-LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
-DECLARE
-    n bigint;
-BEGIN
-    SELECT count(*) INTO n FROM pgt_emulator_old;
-    IF n > 0 THEN
-        INSERT INTO pgtrickle.emulator_source_changes AS c (source_relid, change_seq, changed_rows)
-        VALUES (TG_RELID, 1, n)
-        ON CONFLICT (source_relid) DO UPDATE
-           SET change_seq = c.change_seq + 1, changed_rows = c.changed_rows + EXCLUDED.changed_rows;
-    END IF;
-    RETURN NULL;
-END $$;
-
-CREATE FUNCTION pgtrickle.emulator_capture_truncate() RETURNS trigger
-LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
-BEGIN
-    -- TRUNCATE has no transition table: count it as one change of unknown size (rows not counted).
+-- A refresh's own record of the rows it wrote into a stream table's storage.
+CREATE FUNCTION pgtrickle.emulator_record_storage_change(p_relid oid, p_rows bigint) RETURNS void
+LANGUAGE sql AS $$
     INSERT INTO pgtrickle.emulator_source_changes AS c (source_relid, change_seq, changed_rows)
-    VALUES (TG_RELID, 1, 0)
-    ON CONFLICT (source_relid) DO UPDATE SET change_seq = c.change_seq + 1;
-    RETURN NULL;
-END $$;
+    VALUES (p_relid, 1, p_rows)
+    ON CONFLICT (source_relid) DO UPDATE
+       SET change_seq = c.change_seq + 1, changed_rows = c.changed_rows + EXCLUDED.changed_rows
+$$;
 
 CREATE FUNCTION pgtrickle.emulator_attach_capture(p_relid oid) RETURNS void
 LANGUAGE plpgsql AS $$
@@ -561,14 +546,14 @@ BEGIN
     IF EXISTS (SELECT 1 FROM pg_catalog.pg_trigger WHERE tgrelid = p_relid AND tgname = 'pgt_emulator_cdc_ins') THEN
         RETURN;
     END IF;
-    EXECUTE format('CREATE TRIGGER pgt_emulator_cdc_ins AFTER INSERT ON %s REFERENCING NEW TABLE AS pgt_emulator_new'
-                   ' FOR EACH STATEMENT EXECUTE FUNCTION pgtrickle.emulator_capture_new()', target);
-    EXECUTE format('CREATE TRIGGER pgt_emulator_cdc_upd AFTER UPDATE ON %s REFERENCING NEW TABLE AS pgt_emulator_new'
-                   ' FOR EACH STATEMENT EXECUTE FUNCTION pgtrickle.emulator_capture_new()', target);
-    EXECUTE format('CREATE TRIGGER pgt_emulator_cdc_del AFTER DELETE ON %s REFERENCING OLD TABLE AS pgt_emulator_old'
-                   ' FOR EACH STATEMENT EXECUTE FUNCTION pgtrickle.emulator_capture_old()', target);
+    EXECUTE format('CREATE TRIGGER pgt_emulator_cdc_ins AFTER INSERT ON %s'
+                   ' FOR EACH STATEMENT EXECUTE FUNCTION pgtrickle.emulator_capture_statement()', target);
+    EXECUTE format('CREATE TRIGGER pgt_emulator_cdc_upd AFTER UPDATE ON %s'
+                   ' FOR EACH STATEMENT EXECUTE FUNCTION pgtrickle.emulator_capture_statement()', target);
+    EXECUTE format('CREATE TRIGGER pgt_emulator_cdc_del AFTER DELETE ON %s'
+                   ' FOR EACH STATEMENT EXECUTE FUNCTION pgtrickle.emulator_capture_statement()', target);
     EXECUTE format('CREATE TRIGGER pgt_emulator_cdc_trunc AFTER TRUNCATE ON %s'
-                   ' FOR EACH STATEMENT EXECUTE FUNCTION pgtrickle.emulator_capture_truncate()', target);
+                   ' FOR EACH STATEMENT EXECUTE FUNCTION pgtrickle.emulator_capture_statement()', target);
     INSERT INTO pgtrickle.emulator_source_changes (source_relid) VALUES (p_relid) ON CONFLICT DO NOTHING;
 END $$;
 
@@ -887,6 +872,7 @@ LANGUAGE plpgsql AS $$
 DECLARE
     src record;
     consumed bigint;
+    truncated boolean;
 BEGIN
     FOR src IN
         SELECT t.source_relid, t.source_stable_name
@@ -899,8 +885,26 @@ BEGIN
           FROM pgtrickle.pgt_dependencies d2 JOIN pgtrickle.pgt_stream_tables st ON st.pgt_id = d2.pgt_id
          WHERE d2.source_relid = src.source_relid;
         IF consumed > 0 THEN
-            EXECUTE format('DELETE FROM pgtrickle_changes.%I WHERE change_id <= $1', 'changes_' || src.source_stable_name)
-              USING consumed;
+            -- A buffer every reader consumed entirely is emptied with TRUNCATE (pg_trickle.cleanup_use_truncate,
+            -- on by default: src/refresh/codegen.rs, "Safe to TRUNCATE only if ALL entries are at or below the
+            -- safe LSN"), so reads of the buffer never wade through the dead rows of a large consumed change.
+            -- The emulator takes the buffer's lock first, without waiting (a writer or a reader in progress:
+            -- DELETE instead), then checks, so no row committed between check and TRUNCATE is lost.
+            truncated := false;
+            BEGIN
+                EXECUTE format('LOCK TABLE pgtrickle_changes.%I IN ACCESS EXCLUSIVE MODE NOWAIT', 'changes_' || src.source_stable_name);
+                EXECUTE format('SELECT NOT EXISTS (SELECT 1 FROM pgtrickle_changes.%I WHERE change_id > $1)', 'changes_' || src.source_stable_name)
+                   INTO truncated USING consumed;
+                IF truncated THEN
+                    EXECUTE format('TRUNCATE pgtrickle_changes.%I', 'changes_' || src.source_stable_name);
+                END IF;
+            EXCEPTION WHEN lock_not_available OR insufficient_privilege THEN
+                truncated := false;
+            END;
+            IF NOT truncated THEN
+                EXECUTE format('DELETE FROM pgtrickle_changes.%I WHERE change_id <= $1', 'changes_' || src.source_stable_name)
+                  USING consumed;
+            END IF;
         END IF;
     END LOOP;
 END $$;
@@ -1839,8 +1843,15 @@ BEGIN
     consumed := pgtrickle.emulator_current_frontier(h.pgt_id);
     changed := pgtrickle.emulator_sources_changed(h.pgt_id);
     BEGIN
+        PERFORM pg_catalog.set_config('pgtrickle.emulator_refreshing',
+                                      (SELECT pgt_relid::text FROM pgtrickle.pgt_stream_tables WHERE pgt_id = h.pgt_id), true);
         SELECT a.rows_inserted, a.rows_deleted, coalesce(a.frontier, consumed) INTO ins, del, consumed
           FROM pgtrickle.emulator_apply(h.pgt_id, h.action IN ('FULL', 'REINITIALIZE'), consumed) a;
+        PERFORM pg_catalog.set_config('pgtrickle.emulator_refreshing', '', true);
+        IF ins + del > 0 THEN
+            PERFORM pgtrickle.emulator_record_storage_change(
+                (SELECT pgt_relid FROM pgtrickle.pgt_stream_tables WHERE pgt_id = h.pgt_id), ins + del);
+        END IF;
     EXCEPTION WHEN OTHERS THEN
         IF NOT p_catch THEN
             RAISE;
